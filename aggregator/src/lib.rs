@@ -1,0 +1,1 @@
+//! aggregator: Kafka → consecutive-message batches → Firestore (not built yet; see the issue tracker).

@@ -1,0 +1,1 @@
+//! chat-service: chats, sending and TimeUUID history (not built yet; see the issue tracker).

@@ -1,0 +1,23 @@
+//! HTTP plumbing shared by every service of the chat backend.
+//!
+//! Each service owns its routes and its error enum; what they have in common
+//! lives here so it is written once:
+//!
+//! - [`error`]: the JSON error body `{"error": {"code", "message"}}` and the
+//!   [`ApiError`] every service error converts into;
+//! - [`json`]: a JSON extractor whose rejections use that same error body;
+//! - [`metrics`]: the Prometheus recorder, an HTTP metrics middleware and the
+//!   `/metrics` handler;
+//! - [`layers`]: request ids, tracing, timeouts, body limits and panic capture;
+//! - [`telemetry`]: `tracing` subscriber set-up;
+//! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown.
+
+pub mod error;
+pub mod json;
+pub mod layers;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use json::Json;
