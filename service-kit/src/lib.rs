@@ -5,7 +5,8 @@
 //!
 //! - [`error`]: the JSON error body `{"error": {"code", "message"}}` and the
 //!   [`ApiError`] every service error converts into;
-//! - [`json`]: a JSON extractor whose rejections use that same error body;
+//! - [`extract`]: JSON, query and path extractors whose rejections use that
+//!   same error body;
 //! - [`metrics`]: the Prometheus recorder, an HTTP metrics middleware and the
 //!   `/metrics` handler;
 //! - [`layers`]: request ids, tracing, timeouts, body limits and panic capture;
@@ -13,11 +14,11 @@
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown.
 
 pub mod error;
-pub mod json;
+pub mod extract;
 pub mod layers;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use error::ApiError;
-pub use json::Json;
+pub use extract::{Json, Path, Query};

@@ -1,0 +1,118 @@
+//! Wiring: state from config, the router with its middleware, the server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use auth_validator::Verifier;
+use axum::extract::FromRef;
+use axum::http::HeaderName;
+use axum::Router;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::limiter::FailureLimiter;
+use crate::passwords::Passwords;
+use crate::store::Db;
+use crate::tokens::Tokens;
+use crate::Config;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub passwords: Arc<Passwords>,
+    pub tokens: Arc<Tokens>,
+    pub verifier: Verifier,
+    pub account_limiter: Arc<FailureLimiter>,
+    pub address_limiter: Arc<FailureLimiter>,
+    pub client_ip_header: Option<HeaderName>,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Verifier {
+        state.verifier.clone()
+    }
+}
+
+impl AppState {
+    /// Opens the database (running migrations), loads or creates keys.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let url = config.database_url.as_ref().map(|u| u.expose_secret().to_owned());
+        let db = Db::connect(url.as_deref(), &config.data_dir, config.database_max_connections).await?;
+        db.migrate().await?;
+        let tokens = Tokens::from_config(&config.tokens, &config.data_dir)?;
+        let sec = &config.security;
+        let hashes = sec
+            .max_concurrent_hashes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let passwords = Passwords::new(hashes, Duration::from_millis(sec.hash_queue_timeout_ms))?;
+        let window = Duration::from_secs(sec.login_failure_window_secs);
+        let client_ip_header = sec
+            .client_ip_header
+            .as_deref()
+            .map(HeaderName::try_from)
+            .transpose()
+            .context("--client-ip-header is not a header name")?;
+        Ok(Self {
+            db,
+            passwords: Arc::new(passwords),
+            verifier: tokens.verifier(),
+            tokens: Arc::new(tokens),
+            account_limiter: Arc::new(FailureLimiter::new(sec.login_max_failures_per_account, window)),
+            address_limiter: Arc::new(FailureLimiter::new(sec.login_max_failures_per_address, window)),
+            client_ip_header,
+        })
+    }
+}
+
+/// The routes with the shared middleware stack.
+pub fn router(state: AppState) -> Router {
+    service_kit::layers::apply(crate::routes::router(state), "auth", Default::default())
+}
+
+/// A bound, ready-to-run service.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Builds the state and binds the listener (port 0 picks a free port).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let state = AppState::build(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests
+    /// and closes the database pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let db = self.state.db.clone();
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving")?;
+        db.close().await;
+        tracing::info!("auth-service stopped");
+        Ok(())
+    }
+}
