@@ -98,7 +98,9 @@ mod tests {
             assert!(l.check("k", t0).is_ok(), "refused after {i} failures");
             l.record_failure("k", t0 + Duration::from_secs(i));
         }
-        let retry = l.check("k", t0 + Duration::from_secs(10)).expect_err("tripped");
+        let retry = l
+            .check("k", t0 + Duration::from_secs(10))
+            .expect_err("tripped");
         assert_eq!(retry, Duration::from_secs(50));
         assert!(l.check("other", t0).is_ok());
         assert!(l.check("k", t0 + Duration::from_secs(60)).is_ok());

@@ -105,8 +105,14 @@ mod tests {
     #[tokio::test]
     async fn hash_then_verify() {
         let p = Passwords::new(2, Duration::from_secs(5)).expect("argon2");
-        let hash = p.hash(SecretString::from("correct horse")).await.expect("hash");
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        let hash = p
+            .hash(SecretString::from("correct horse"))
+            .await
+            .expect("hash");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(p
             .verify(SecretString::from("correct horse"), Some(hash.clone()))
             .await

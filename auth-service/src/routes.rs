@@ -3,13 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use auth_validator::AuthUser;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use auth_validator::AuthUser;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use secrecy::SecretString;
@@ -47,11 +47,32 @@ pub fn router(state: AppState) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "auth-service", description = "Users, passwords, login and tokens."),
-    paths(register, login, refresh, logout, search_users, me, user_by_id, jwks, healthz, readyz),
+    info(
+        title = "auth-service",
+        description = "Users, passwords, login and tokens."
+    ),
+    paths(
+        register,
+        login,
+        refresh,
+        logout,
+        search_users,
+        me,
+        user_by_id,
+        jwks,
+        healthz,
+        readyz
+    ),
     components(schemas(
-        RegisterRequest, LoginRequest, RefreshRequest, TokenResponse, PrivateUser, PublicUser,
-        UserPage, ErrorBody, ErrorDetail
+        RegisterRequest,
+        LoginRequest,
+        RefreshRequest,
+        TokenResponse,
+        PrivateUser,
+        PublicUser,
+        UserPage,
+        ErrorBody,
+        ErrorDetail
     ))
 )]
 pub struct ApiDoc;
@@ -147,7 +168,10 @@ pub struct SearchParams {
 fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -188,7 +212,9 @@ async fn register(
     let password = Password::parse(body.password).map_err(|p| problems.insert("password", p));
     let email = match body.email.as_deref() {
         None | Some("") => Ok(None),
-        Some(raw) => Email::parse(raw).map(Some).map_err(|p| problems.insert("email", p)),
+        Some(raw) => Email::parse(raw)
+            .map(Some)
+            .map_err(|p| problems.insert("email", p)),
     };
     let (Ok(username), Ok(password), Ok(email)) = (username, password, email) else {
         return Err(Error::Validation(problems));
@@ -224,10 +250,13 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> std::result::Result<Self, Self::Rejection> {
-        let from_header = state.client_ip_header.as_ref().and_then(|name: &HeaderName| {
-            let value = parts.headers.get(name)?.to_str().ok()?;
-            value.split(',').next()?.trim().parse().ok()
-        });
+        let from_header = state
+            .client_ip_header
+            .as_ref()
+            .and_then(|name: &HeaderName| {
+                let value = parts.headers.get(name)?.to_str().ok()?;
+                value.split(',').next()?.trim().parse().ok()
+            });
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -306,7 +335,11 @@ async fn new_refresh(state: &AppState, family: Uuid, user_id: Uuid) -> Result<St
     Ok(token)
 }
 
-fn token_response(state: &AppState, user: &UserRow, refresh_token: String) -> Result<TokenResponse> {
+fn token_response(
+    state: &AppState,
+    user: &UserRow,
+    refresh_token: String,
+) -> Result<TokenResponse> {
     let (access_token, expires_in) = state.tokens.issue_access(user.id, &user.username)?;
     Ok(TokenResponse {
         access_token,
@@ -363,7 +396,10 @@ async fn refresh(
     (status = 204, description = "the token (if any) and its family are revoked"),
 ))]
 #[tracing::instrument(skip_all)]
-async fn logout(State(state): State<AppState>, Json(body): Json<RefreshRequest>) -> Result<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<StatusCode> {
     let hash = tokens::hash_refresh_token(&body.refresh_token);
     state.db.revoke_family_of(&hash, unix_now()).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -416,7 +452,11 @@ async fn search_users(
     (status = 401, body = ErrorBody),
 ))]
 async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<PrivateUser>> {
-    let user = state.db.user_by_id(caller.id).await?.ok_or(Error::NotFound)?;
+    let user = state
+        .db
+        .user_by_id(caller.id)
+        .await?
+        .ok_or(Error::NotFound)?;
     Ok(Json(PrivateUser::from(&user)))
 }
 
@@ -449,7 +489,9 @@ async fn jwks(State(state): State<AppState>) -> Response {
             axum::Json(set.clone()),
         )
             .into_response(),
-        None => ApiError::not_found("tokens are signed with a shared secret; no JWKS").into_response(),
+        None => {
+            ApiError::not_found("tokens are signed with a shared secret; no JWKS").into_response()
+        }
     }
 }
 

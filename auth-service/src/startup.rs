@@ -40,8 +40,18 @@ impl FromRef<AppState> for Verifier {
 impl AppState {
     /// Opens the database (running migrations), loads or creates keys.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let url = config.database_url.as_ref().map(|u| u.expose_secret().to_owned());
-        let db = Db::connect(url.as_deref(), &config.data_dir, config.database_max_connections).await?;
+        // Install the metrics recorder before anything records.
+        service_kit::metrics::handle();
+        let url = config
+            .database_url
+            .as_ref()
+            .map(|u| u.expose_secret().to_owned());
+        let db = Db::connect(
+            url.as_deref(),
+            &config.data_dir,
+            config.database_max_connections,
+        )
+        .await?;
         db.migrate().await?;
         let tokens = Tokens::from_config(&config.tokens, &config.data_dir)?;
         let sec = &config.security;
@@ -61,8 +71,14 @@ impl AppState {
             passwords: Arc::new(passwords),
             verifier: tokens.verifier(),
             tokens: Arc::new(tokens),
-            account_limiter: Arc::new(FailureLimiter::new(sec.login_max_failures_per_account, window)),
-            address_limiter: Arc::new(FailureLimiter::new(sec.login_max_failures_per_address, window)),
+            account_limiter: Arc::new(FailureLimiter::new(
+                sec.login_max_failures_per_account,
+                window,
+            )),
+            address_limiter: Arc::new(FailureLimiter::new(
+                sec.login_max_failures_per_address,
+                window,
+            )),
             client_ip_header,
         })
     }

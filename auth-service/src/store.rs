@@ -59,7 +59,11 @@ pub enum Rotation {
 impl Db {
     /// Connects to `url` (`postgres://…` or `sqlite://…`), or to `auth.db`
     /// in `data_dir` when no URL is given.
-    pub async fn connect(url: Option<&str>, data_dir: &Path, max_connections: u32) -> anyhow::Result<Db> {
+    pub async fn connect(
+        url: Option<&str>,
+        data_dir: &Path,
+        max_connections: u32,
+    ) -> anyhow::Result<Db> {
         let acquire = Duration::from_secs(5);
         match url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -121,7 +125,10 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        with_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        with_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
         Ok(())
     }
 
@@ -176,7 +183,12 @@ impl Db {
     /// Users whose key starts with `prefix` and sorts after `after`, in key
     /// order. Every allowed username character sorts below `{`, so
     /// `[prefix, prefix + "{")` is exactly the keys with that prefix.
-    pub async fn search_users(&self, prefix: &str, after: &str, limit: i64) -> Result<Vec<UserRow>> {
+    pub async fn search_users(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<UserRow>> {
         let upper = format!("{prefix}{{");
         Ok(with_pool!(self, |pool| {
             sqlx::query_as::<_, UserRow>(

@@ -167,20 +167,19 @@ fn load_or_create_ed25519(path: &Path) -> anyhow::Result<Ed25519Key> {
     let parsed = pem::parse(&text).with_context(|| format!("{} is not PEM", path.display()))?;
     let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(parsed.contents())
         .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key: {e}", path.display()))?;
-    let public = pair.public_key().as_ref().to_vec();
-    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed prefix, then the key.
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    spki.extend_from_slice(&public);
-    let public_pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki));
+    let public: [u8; 32] = pair
+        .public_key()
+        .as_ref()
+        .try_into()
+        .context("Ed25519 public key is not 32 bytes")?;
+    let public_pem = auth_validator::ed25519_public_key_pem(&public);
     let public_path = public_path_for(path);
     if let Err(e) = std::fs::write(&public_path, &public_pem) {
         tracing::warn!(error = %e, path = %public_path.display(), "cannot write the public key");
     }
     Ok(Ed25519Key {
         pkcs8: parsed.contents().to_vec(),
-        public,
+        public: public.to_vec(),
         public_pem,
     })
 }

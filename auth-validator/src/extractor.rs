@@ -58,7 +58,9 @@ fn rejection(error: TokenError) -> ApiError {
         TokenError::KeysUnavailable => {
             return ApiError::unavailable("cannot verify tokens right now");
         }
-        other => format!(r#"Bearer realm="chat", error="invalid_token", error_description="{other}""#),
+        other => {
+            format!(r#"Bearer realm="chat", error="invalid_token", error_description="{other}""#)
+        }
     };
     let code = match error {
         TokenError::Missing => "unauthenticated",

@@ -26,7 +26,9 @@ pub mod verifier;
 
 pub use claims::Claims;
 pub use extractor::AuthUser;
-pub use verifier::{KeyError, TokenError, Verifier, VerifierSettings, DEFAULT_LEEWAY_SECS};
+pub use verifier::{
+    ed25519_public_key_pem, KeyError, TokenError, Verifier, VerifierSettings, DEFAULT_LEEWAY_SECS,
+};
 
 /// Minimum length of an HS256 shared secret, in bytes (RFC 7518 §3.2).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;

@@ -20,6 +20,17 @@ const JWKS_TTL: Duration = Duration::from_secs(300);
 /// cannot turn the verifier into a request amplifier against auth-service.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 
+/// The SPKI PEM (`-----BEGIN PUBLIC KEY-----`) of a raw 32-byte Ed25519
+/// public key, the form [`Verifier::ed25519_pem`] reads.
+pub fn ed25519_public_key_pem(raw: &[u8; 32]) -> String {
+    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed prefix, then the key.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(raw);
+    pem::encode(&pem::Pem::new("PUBLIC KEY", spki))
+}
+
 /// Who must have issued the token, and for whom.
 #[derive(Debug, Clone)]
 pub struct VerifierSettings {
@@ -112,7 +123,11 @@ impl Verifier {
     pub fn ed25519_pem(pem: &[u8], settings: &VerifierSettings) -> Result<Self, KeyError> {
         let key =
             DecodingKey::from_ed_pem(pem).map_err(|e| KeyError::BadPublicKey(e.to_string()))?;
-        Ok(Self::with(Algorithm::EdDSA, settings, KeySource::Static(key)))
+        Ok(Self::with(
+            Algorithm::EdDSA,
+            settings,
+            KeySource::Static(key),
+        ))
     }
 
     /// EdDSA with keys taken from the issuer's JWKS document
