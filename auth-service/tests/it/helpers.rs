@@ -1,0 +1,153 @@
+use std::net::SocketAddr;
+
+use auth_service::config::SigningAlgorithm;
+use auth_service::{App, Config};
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::Connection;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Whether PostgreSQL tests can run; prints why not when they cannot.
+    pub fn available(self) -> bool {
+        if self == Backend::Sqlite || std::env::var("TEST_DATABASE_URL").is_ok() {
+            return true;
+        }
+        if std::env::var("REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+            panic!("REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set");
+        }
+        eprintln!("SKIPPED on PostgreSQL: TEST_DATABASE_URL is not set");
+        false
+    }
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+async fn fresh_postgres_database() -> String {
+    let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let name = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
+    format!("{base}/{name}")
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub data_dir: TempDir,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn(backend: Backend) -> TestApp {
+    spawn_with(backend, |_| {}).await
+}
+
+/// Starts the service like production does, after `tweak` adjusts config.
+pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::embedded(data_dir.path());
+    if backend == Backend::Postgres {
+        config.database_url = Some(SecretString::from(fresh_postgres_database().await));
+    }
+    tweak(&mut config);
+    start(config, data_dir).await
+}
+
+pub async fn start(config: Config, data_dir: TempDir) -> TestApp {
+    let app = App::build(config.clone()).await.expect("app builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        data_dir,
+        config,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+pub fn eddsa(config: &mut Config) {
+    config.tokens.jwt_algorithm = SigningAlgorithm::Eddsa;
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server gracefully and waits for it; returns the data dir
+    /// and config so a test can start it again on the same data.
+    pub async fn stop(mut self) -> (Config, TempDir) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("join").expect("server ran cleanly");
+        }
+        (self.config.clone(), std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tmp")))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Response {
+        self.post("/users", &json!({ "username": username, "password": password })).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.post("/login", &json!({ "username": username, "password": password })).await
+    }
+
+    /// Registers and logs in; returns the login response body.
+    pub async fn signed_up(&self, username: &str) -> Value {
+        let r = self.register(username, "password123").await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+        let r = self.login(username, "password123").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.expect("json")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts status and the JSON error shape; returns the error code.
+pub async fn error_code(response: Response, status: StatusCode) -> String {
+    let actual = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(actual, status, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON error body");
+    assert!(body["error"]["message"].is_string(), "{text}");
+    body["error"]["code"].as_str().expect("error.code").to_owned()
+}

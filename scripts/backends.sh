@@ -1,0 +1,35 @@
+# Starting the real backends the tests need. Sourced by scripts/test.
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# PostgreSQL 15 on 127.0.0.1:5432 with password auth for user postgres.
+# Exports POSTGRES_ADMIN_URL.
+start_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! pg_lsclusters 2>/dev/null | grep -q '^15 '; then
+    echo "PostgreSQL 15 not found; installing it"
+    as_root apt-get update -qq || die "apt-get update failed"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 \
+      || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
+      || die "cannot install PostgreSQL"
+  fi
+  if ! pg_lsclusters | grep -qE '^15 +main +[0-9]+ +online'; then
+    as_root pg_ctlcluster 15 main start || die "cannot start PostgreSQL (pg_ctlcluster 15 main start)"
+  fi
+  local port
+  port=$(pg_lsclusters | awk '$1 == "15" && $2 == "main" { print $3 }')
+  for _ in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p "$port" && break
+    sleep 1
+  done
+  pg_isready -q -h 127.0.0.1 -p "$port" || die "PostgreSQL did not become ready on port $port"
+  local password="${POSTGRES_TEST_PASSWORD:-postgres}"
+  as_root su postgres -c "psql -q -p $port -c \"ALTER USER postgres PASSWORD '$password'\"" >/dev/null \
+    || die "cannot set the postgres password"
+  export POSTGRES_ADMIN_URL="postgres://postgres:${password}@127.0.0.1:${port}/postgres"
+  echo "PostgreSQL ready at 127.0.0.1:$port"
+}
