@@ -9,7 +9,11 @@ async fn health_metrics_and_openapi(backend: Backend) {
     let app = spawn(backend).await;
     assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
     let ready: Value = app.get("/readyz", None).await.json().await.expect("json");
-    let expected = if backend == Backend::Sqlite { "sqlite" } else { "postgres" };
+    let expected = if backend == Backend::Sqlite {
+        "sqlite"
+    } else {
+        "postgres"
+    };
     assert_eq!(ready["database"], expected);
 
     app.signed_up("olga").await;
@@ -18,9 +22,24 @@ async fn health_metrics_and_openapi(backend: Backend) {
     assert!(metrics.contains("auth_logins_total"), "{metrics}");
     assert!(metrics.contains("password_hash_seconds"), "{metrics}");
 
-    let doc: Value = app.get("/openapi.json", None).await.json().await.expect("json");
-    for path in ["/users", "/login", "/token/refresh", "/logout", "/users/me", "/users/{id}"] {
-        assert!(doc["paths"][path].is_object(), "{path} missing from OpenAPI");
+    let doc: Value = app
+        .get("/openapi.json", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/users",
+        "/login",
+        "/token/refresh",
+        "/logout",
+        "/users/me",
+        "/users/{id}",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
     }
 
     let r = app.get("/no/such/route", None).await;

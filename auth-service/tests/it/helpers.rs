@@ -33,7 +33,9 @@ impl Backend {
 async fn fresh_postgres_database() -> String {
     let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
     let name = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
     sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
         .execute(&mut conn)
         .await
@@ -101,11 +103,19 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("join").expect("server ran cleanly");
         }
-        (self.config.clone(), std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tmp")))
+        (
+            self.config.clone(),
+            std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tmp")),
+        )
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Response {
-        self.client.post(self.url(path)).json(body).send().await.expect("request")
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
@@ -117,17 +127,30 @@ impl TestApp {
     }
 
     pub async fn register(&self, username: &str, password: &str) -> Response {
-        self.post("/users", &json!({ "username": username, "password": password })).await
+        self.post(
+            "/users",
+            &json!({ "username": username, "password": password }),
+        )
+        .await
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Response {
-        self.post("/login", &json!({ "username": username, "password": password })).await
+        self.post(
+            "/login",
+            &json!({ "username": username, "password": password }),
+        )
+        .await
     }
 
     /// Registers and logs in; returns the login response body.
     pub async fn signed_up(&self, username: &str) -> Value {
         let r = self.register(username, "password123").await;
-        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap_or_default()
+        );
         let r = self.login(username, "password123").await;
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.expect("json")
@@ -149,5 +172,8 @@ pub async fn error_code(response: Response, status: StatusCode) -> String {
     assert_eq!(actual, status, "{text}");
     let body: Value = serde_json::from_str(&text).expect("JSON error body");
     assert!(body["error"]["message"].is_string(), "{text}");
-    body["error"]["code"].as_str().expect("error.code").to_owned()
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned()
 }

@@ -14,25 +14,36 @@ crate::on_both_backends!(
 
 async fn login_returns_working_tokens(backend: Backend) {
     let app = spawn(backend).await;
-    assert_eq!(app.register("Frank", "password123").await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("Frank", "password123").await.status(),
+        StatusCode::CREATED
+    );
     // Usernames log in case-insensitively.
     let r = app.login("FRANK", "password123").await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 900);
-    assert!(body["refresh_token"].as_str().is_some_and(|t| t.len() >= 43));
+    assert!(body["refresh_token"]
+        .as_str()
+        .is_some_and(|t| t.len() >= 43));
     assert_eq!(body["user"]["username"], "Frank");
     let me = app.get("/users/me", body["access_token"].as_str()).await;
     assert_eq!(me.status(), StatusCode::OK);
     // A wrong password for an existing user fails.
     let r = app.login("frank", "password124").await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_credentials");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_credentials"
+    );
 }
 
 async fn unknown_user_and_wrong_password_look_the_same(backend: Backend) {
     let app = spawn(backend).await;
-    assert_eq!(app.register("grace", "password123").await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("grace", "password123").await.status(),
+        StatusCode::CREATED
+    );
     let a = app.login("grace", "wrong-password").await;
     let b = app.login("nobody", "wrong-password").await;
     let c = app.login("!!", "wrong-password").await;
@@ -48,7 +59,11 @@ async fn unknown_user_and_wrong_password_look_the_same(backend: Backend) {
     };
     let (sa, sb, sc) = (a.status(), b.status(), c.status());
     let (ha, hb, hc) = (headers(&a), headers(&b), headers(&c));
-    let (ba, bb, bc) = (a.text().await.expect("a"), b.text().await.expect("b"), c.text().await.expect("c"));
+    let (ba, bb, bc) = (
+        a.text().await.expect("a"),
+        b.text().await.expect("b"),
+        c.text().await.expect("c"),
+    );
     assert_eq!(sa, StatusCode::UNAUTHORIZED);
     assert_eq!((sa, &ha, &ba), (sb, &hb, &bb));
     assert_eq!((sa, &ha, &ba), (sc, &hc, &bc));
@@ -60,20 +75,39 @@ async fn failed_logins_per_account_trip_and_recover(backend: Backend) {
         c.security.login_failure_window_secs = 2;
     })
     .await;
-    assert_eq!(app.register("heidi", "password123").await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("heidi", "password123").await.status(),
+        StatusCode::CREATED
+    );
     for _ in 0..3 {
-        assert_eq!(app.login("heidi", "bad-password").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.login("heidi", "bad-password").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     // Tripped: even the right password is refused, with Retry-After.
     let r = app.login("HEIDI", "password123").await;
-    let retry: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
     assert!((1..=2).contains(&retry), "{retry}");
-    assert_eq!(error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "rate_limited");
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
     // Other accounts are unaffected.
-    assert_eq!(app.login("ivan", "bad-password").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.login("ivan", "bad-password").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     // Recovers when the window ends.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(app.login("heidi", "password123").await.status(), StatusCode::OK);
+    assert_eq!(
+        app.login("heidi", "password123").await.status(),
+        StatusCode::OK
+    );
 }
 
 async fn failed_logins_per_address_trip(backend: Backend) {
@@ -81,11 +115,17 @@ async fn failed_logins_per_address_trip(backend: Backend) {
         c.security.login_max_failures_per_address = 4;
     })
     .await;
-    assert_eq!(app.register("judy", "password123").await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("judy", "password123").await.status(),
+        StatusCode::CREATED
+    );
     for i in 0..4 {
         let r = app.login(&format!("user{i}"), "bad-password").await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     let r = app.login("judy", "password123").await;
-    assert_eq!(error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "rate_limited");
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
 }

@@ -12,7 +12,8 @@ crate::on_both_backends!(
 );
 
 async fn refresh(app: &crate::helpers::TestApp, token: &str) -> reqwest::Response {
-    app.post("/token/refresh", &json!({ "refresh_token": token })).await
+    app.post("/token/refresh", &json!({ "refresh_token": token }))
+        .await
 }
 
 async fn refresh_rotates_and_reuse_revokes_the_family(backend: Backend) {
@@ -26,23 +27,45 @@ async fn refresh_rotates_and_reuse_revokes_the_family(backend: Backend) {
     let second = rotated["refresh_token"].as_str().expect("refresh");
     assert_ne!(first, second);
     assert_eq!(rotated["user"]["username"], "kim");
-    assert_eq!(app.get("/users/me", rotated["access_token"].as_str()).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/users/me", rotated["access_token"].as_str())
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     // A separate login is a separate family and must survive the revocation.
-    let other: Value = app.login("kim", "password123").await.json().await.expect("json");
+    let other: Value = app
+        .login("kim", "password123")
+        .await
+        .json()
+        .await
+        .expect("json");
     let other_refresh = other["refresh_token"].as_str().expect("refresh");
 
     // Presenting the spent token again: refused, and the family is revoked.
     let r = refresh(&app, first).await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_refresh_token"
+    );
     let r = refresh(&app, second).await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_refresh_token"
+    );
 
     assert_eq!(refresh(&app, other_refresh).await.status(), StatusCode::OK);
     let r = refresh(&app, "made-up-token").await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_refresh_token"
+    );
     let r = app.post("/token/refresh", &json!({})).await;
-    assert_eq!(error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await, "invalid_body");
+    assert_eq!(
+        error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "invalid_body"
+    );
 }
 
 async fn logout_revokes_the_family(backend: Backend) {
@@ -52,11 +75,18 @@ async fn logout_revokes_the_family(backend: Backend) {
     let rotated: Value = refresh(&app, first).await.json().await.expect("json");
     let second = rotated["refresh_token"].as_str().expect("refresh");
 
-    let r = app.post("/logout", &json!({ "refresh_token": second })).await;
+    let r = app
+        .post("/logout", &json!({ "refresh_token": second }))
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(refresh(&app, second).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refresh(&app, second).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     // Unknown tokens log out "successfully" too: nothing is revealed.
-    let r = app.post("/logout", &json!({ "refresh_token": "unknown" })).await;
+    let r = app
+        .post("/logout", &json!({ "refresh_token": "unknown" }))
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
@@ -67,24 +97,43 @@ async fn eddsa_tokens_verify_with_only_the_jwks(backend: Backend) {
     let header: Value = {
         use base64::Engine;
         let raw = token.split('.').next().expect("header");
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).expect("b64");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(raw)
+            .expect("b64");
         serde_json::from_slice(&bytes).expect("json")
     };
     assert_eq!(header["alg"], "EdDSA");
     assert!(header["kid"].is_string());
 
-    let jwks: Value = app.get("/.well-known/jwks.json", None).await.json().await.expect("json");
+    let jwks: Value = app
+        .get("/.well-known/jwks.json", None)
+        .await
+        .json()
+        .await
+        .expect("json");
     let key = &jwks["keys"][0];
-    assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
-    assert!(key.get("d").is_none(), "the private key must never be published");
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
+    assert!(
+        key.get("d").is_none(),
+        "the private key must never be published"
+    );
 
     // A validator holding nothing but the JWKS URL accepts the token...
     let settings = VerifierSettings::new("chat-auth", "chat");
-    let verifier =
-        Verifier::ed25519_jwks(&app.url("/.well-known/jwks.json"), &settings, reqwest::Client::new())
-            .expect("verifier");
+    let verifier = Verifier::ed25519_jwks(
+        &app.url("/.well-known/jwks.json"),
+        &settings,
+        reqwest::Client::new(),
+    )
+    .expect("verifier");
     let claims = verifier.verify(token).await.expect("valid");
-    assert_eq!(claims.sub.to_string(), login["user"]["id"].as_str().expect("id"));
+    assert_eq!(
+        claims.sub.to_string(),
+        login["user"]["id"].as_str().expect("id")
+    );
     // ...and so does one holding the public key file written beside the key.
     let pem = std::fs::read(app.data_dir.path().join("jwt-ed25519.pub.pem")).expect("public key");
     let verifier = Verifier::ed25519_pem(&pem, &settings).expect("verifier");
@@ -97,13 +146,23 @@ async fn eddsa_tokens_verify_with_only_the_jwks(backend: Backend) {
 }
 
 async fn signing_keys_survive_a_restart(backend: Backend) {
-    for tweak in [(|_: &mut auth_service::Config| {}) as fn(&mut auth_service::Config), eddsa] {
+    for tweak in [
+        (|_: &mut auth_service::Config| {}) as fn(&mut auth_service::Config),
+        eddsa,
+    ] {
         let app = spawn_with(backend, tweak).await;
         let login = app.signed_up("nia").await;
         let (config, dir) = app.stop().await;
         let again = start(config, dir).await;
         let r = again.get("/users/me", login["access_token"].as_str()).await;
-        assert_eq!(r.status(), StatusCode::OK, "old access token refused after restart");
-        assert_eq!(again.login("nia", "password123").await.status(), StatusCode::OK);
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "old access token refused after restart"
+        );
+        assert_eq!(
+            again.login("nia", "password123").await.status(),
+            StatusCode::OK
+        );
     }
 }

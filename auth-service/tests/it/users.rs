@@ -19,7 +19,10 @@ crate::on_both_backends!(
 async fn register_returns_the_new_user(backend: Backend) {
     let app = spawn(backend).await;
     let r = app
-        .post("/users", &json!({"username": " Alice ", "password": "password123", "email": "a@example.com"}))
+        .post(
+            "/users",
+            &json!({"username": " Alice ", "password": "password123", "email": "a@example.com"}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let user: Value = r.json().await.expect("json");
@@ -32,7 +35,10 @@ async fn register_returns_the_new_user(backend: Backend) {
 async fn invalid_registrations_get_field_errors(backend: Backend) {
     let app = spawn(backend).await;
     let r = app
-        .post("/users", &json!({"username": "a", "password": "short", "email": "nope"}))
+        .post(
+            "/users",
+            &json!({"username": "a", "password": "short", "email": "nope"}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.expect("json");
@@ -43,24 +49,60 @@ async fn invalid_registrations_get_field_errors(backend: Backend) {
     }
     let too_long = "p".repeat(129);
     let r = app.register("bob", &too_long).await;
-    assert_eq!(error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await, "validation_failed");
+    assert_eq!(
+        error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "validation_failed"
+    );
     let r = app.register("bob!", "password123").await;
-    assert_eq!(error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await, "validation_failed");
+    assert_eq!(
+        error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "validation_failed"
+    );
     // Nothing was half-written: the valid name is still free.
-    assert_eq!(app.register("bob", "password123").await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("bob", "password123").await.status(),
+        StatusCode::CREATED
+    );
 }
 
 async fn bad_bodies_get_json_errors(backend: Backend) {
     let app = spawn(backend).await;
     let url = app.url("/users");
-    let r = app.client.post(&url).header("content-type", "application/json").body("{nope").send().await.expect("send");
-    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "malformed_json");
-    let r = app.client.post(&url).body(r#"{"username":"x","password":"y"}"#).send().await.expect("send");
-    assert_eq!(error_code(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await, "unsupported_media_type");
+    let r = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        error_code(r, StatusCode::BAD_REQUEST).await,
+        "malformed_json"
+    );
+    let r = app
+        .client
+        .post(&url)
+        .body(r#"{"username":"x","password":"y"}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        error_code(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await,
+        "unsupported_media_type"
+    );
     let r = app.post("/users", &json!({"username": "carol"})).await;
-    assert_eq!(error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await, "invalid_body");
-    let r = app.post("/users", &json!({"username": 5, "password": "password123"})).await;
-    assert_eq!(error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await, "invalid_body");
+    assert_eq!(
+        error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "invalid_body"
+    );
+    let r = app
+        .post("/users", &json!({"username": 5, "password": "password123"}))
+        .await;
+    assert_eq!(
+        error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "invalid_body"
+    );
     let huge = json!({"username": "carol", "password": "x".repeat(200_000)});
     let r = app.post("/users", &huge).await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -68,13 +110,19 @@ async fn bad_bodies_get_json_errors(backend: Backend) {
 
 async fn duplicate_usernames_conflict_ignoring_case(backend: Backend) {
     let app = spawn(backend).await;
-    assert_eq!(app.register("Dave", "password123").await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("Dave", "password123").await.status(),
+        StatusCode::CREATED
+    );
     for name in ["Dave", "dave", "DAVE", " dave "] {
         let r = app.register(name, "another-password").await;
         assert_eq!(error_code(r, StatusCode::CONFLICT).await, "username_taken");
     }
     // The first owner's password is untouched.
-    assert_eq!(app.login("dave", "password123").await.status(), StatusCode::OK);
+    assert_eq!(
+        app.login("dave", "password123").await.status(),
+        StatusCode::OK
+    );
 }
 
 async fn concurrent_registrations_of_one_name_yield_one_user(backend: Backend) {
@@ -88,8 +136,14 @@ async fn concurrent_registrations_of_one_name_yield_one_user(backend: Backend) {
         .into_iter()
         .map(|r| r.status())
         .collect();
-    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
-    let conflicts = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let conflicts = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
     assert_eq!((created, conflicts), (1, 7), "{statuses:?}");
 }
 
@@ -106,11 +160,19 @@ async fn search_paginates_without_skipping_or_repeating(backend: Backend) {
             2 => format!("pg-{i:02}"),
             _ => format!("pg_{i:02}"),
         };
-        assert_eq!(app.register(&name, "password123").await.status(), StatusCode::CREATED);
+        assert_eq!(
+            app.register(&name, "password123").await.status(),
+            StatusCode::CREATED
+        );
         expected.push(name);
     }
     for other in ["pf", "ph", "p", "apg"] {
-        assert_eq!(app.register(&format!("{other}xx"), "password123").await.status(), StatusCode::CREATED);
+        assert_eq!(
+            app.register(&format!("{other}xx"), "password123")
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
     }
     expected.sort_by_key(|n| n.to_ascii_lowercase());
 
@@ -122,7 +184,12 @@ async fn search_paginates_without_skipping_or_repeating(backend: Backend) {
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
-            let page: Value = app.get(&path, Some(token)).await.json().await.expect("json");
+            let page: Value = app
+                .get(&path, Some(token))
+                .await
+                .json()
+                .await
+                .expect("json");
             let users = page["users"].as_array().expect("users");
             assert!(users.len() <= limit);
             for u in users {
@@ -139,7 +206,12 @@ async fn search_paginates_without_skipping_or_repeating(backend: Backend) {
         assert_eq!(unique.len(), seen.len());
     }
 
-    let all: Value = app.get("/users?limit=100", Some(token)).await.json().await.expect("json");
+    let all: Value = app
+        .get("/users?limit=100", Some(token))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(all["users"].as_array().expect("users").len(), 23 + 4 + 1);
     assert!(all["next_cursor"].is_null());
 }
@@ -156,10 +228,17 @@ async fn search_rejects_bad_parameters(backend: Backend) {
         ("/users?cursor=!!notbase64", "invalid_cursor"),
         ("/users?query=a%25", "invalid_query"),
     ] {
-        assert_eq!(error_code(app.get(path, token).await, StatusCode::BAD_REQUEST).await, code, "{path}");
+        assert_eq!(
+            error_code(app.get(path, token).await, StatusCode::BAD_REQUEST).await,
+            code,
+            "{path}"
+        );
     }
     let r = app.get("/users?query=y", None).await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "unauthenticated");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "unauthenticated"
+    );
 }
 
 async fn me_and_user_by_id(backend: Backend) {
@@ -167,7 +246,12 @@ async fn me_and_user_by_id(backend: Backend) {
     let alice = app.signed_up("alice").await;
     let bob = app.signed_up("bob").await;
     let token = alice["access_token"].as_str();
-    let me: Value = app.get("/users/me", token).await.json().await.expect("json");
+    let me: Value = app
+        .get("/users/me", token)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(me["id"], alice["user"]["id"]);
     assert_eq!(me["username"], "alice");
 
@@ -184,7 +268,13 @@ async fn me_and_user_by_id(backend: Backend) {
     let r = app.get("/users/not-a-uuid", token).await;
     assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_id");
     for path in ["/users/me".to_owned(), format!("/users/{bob_id}")] {
-        assert_eq!(app.get(&path, None).await.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(app.get(&path, Some("garbage")).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.get(&path, None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            app.get(&path, Some("garbage")).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 }
