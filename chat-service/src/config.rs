@@ -1,0 +1,170 @@
+//! Settings, from flags with environment fallbacks. The defaults are the
+//! embedded mode: SQLite store and outbox log in the data directory, tokens
+//! checked with the HS256 secret auth-service keeps there.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use auth_validator::VerifierConfig;
+use clap::{Parser, ValueEnum};
+use secrecy::SecretString;
+use service_kit::telemetry::LogFormat;
+
+/// chat-service: chats, sending and TimeUUID history.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-service", version, about)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+
+    /// Directory for embedded data (`chat.db`), and where the HS256 secret
+    /// is looked for when no token key is configured.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Base URL of auth-service, used to look up the other participant.
+    #[arg(long, env = "AUTH_URL", default_value = "http://127.0.0.1:8081")]
+    pub auth_url: String,
+
+    #[command(flatten)]
+    pub auth: VerifierConfig,
+
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+
+    /// Messages a user may send per second (sustained).
+    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 10)]
+    pub send_rate_per_sec: u32,
+
+    /// Messages a user may send in a burst.
+    #[arg(long, env = "SEND_BURST", default_value_t = 30)]
+    pub send_burst: u32,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// SQLite in the data directory.
+    Embedded,
+    /// Cassandra or ScyllaDB.
+    Cql,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreConfig {
+    /// Message store.
+    #[arg(
+        long = "store",
+        env = "CHAT_STORE",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub kind: StoreKind,
+
+    /// CQL contact points, comma-separated `host:port`.
+    #[arg(
+        long,
+        env = "CQL_CONTACT_POINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9042"
+    )]
+    pub cql_contact_points: Vec<String>,
+
+    /// Keyspace (created when missing).
+    #[arg(long, env = "CQL_KEYSPACE", default_value = "chat")]
+    pub cql_keyspace: String,
+
+    /// Replication factor used when creating the keyspace (3 in production).
+    #[arg(long, env = "CQL_REPLICATION_FACTOR", default_value_t = 1)]
+    pub cql_replication_factor: u32,
+
+    /// Consistency of reads and writes: one, quorum, local-quorum, all…
+    #[arg(long, env = "CQL_CONSISTENCY", default_value = "local-quorum")]
+    pub cql_consistency: String,
+
+    /// Length of a message partition's time bucket, hours.
+    #[arg(long, env = "CQL_BUCKET_HOURS", default_value_t = 24)]
+    pub cql_bucket_hours: u64,
+
+    /// CQL user name.
+    #[arg(long, env = "CQL_USERNAME")]
+    pub cql_username: Option<String>,
+
+    /// CQL password.
+    #[arg(long, env = "CQL_PASSWORD", hide_env_values = true)]
+    pub cql_password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogKind {
+    /// The embedded store's outbox (needs `--store embedded`).
+    Embedded,
+    /// Kafka.
+    Kafka,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogConfig {
+    /// Message log.
+    #[arg(long = "log", env = "CHAT_LOG", value_enum, default_value = "embedded")]
+    pub kind: LogKind,
+
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic of `message.created` events (created when missing).
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
+    pub kafka_topic: String,
+
+    /// Partitions when creating the topic.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+
+    /// Replication factor when creating the topic (3 in production).
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+
+    /// How long a send waits for the broker's acknowledgement before it
+    /// fails with 503, milliseconds.
+    #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 5000)]
+    pub kafka_message_timeout_ms: u64,
+}
+
+impl Config {
+    /// Every default, with the given data directory and a free port.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::parse_from(["chat-service"]);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(self.log.kind == LogKind::Embedded && self.store.kind != StoreKind::Embedded),
+            "--log embedded is the embedded store's outbox: it needs --store embedded"
+        );
+        anyhow::ensure!(
+            self.send_rate_per_sec > 0,
+            "--send-rate-per-sec must be positive"
+        );
+        anyhow::ensure!(self.send_burst > 0, "--send-burst must be positive");
+        anyhow::ensure!(
+            self.log.kafka_partitions > 0,
+            "--kafka-partitions must be positive"
+        );
+        anyhow::ensure!(
+            self.store.cql_bucket_hours > 0,
+            "--cql-bucket-hours must be positive"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! The HTTP API. Every route but the probes needs a valid access token.
+
+use auth_validator::AuthUser;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chat_events::TimeUuid;
+use governor::clock::{Clock, DefaultClock};
+use serde::{Deserialize, Serialize};
+use service_kit::{ApiError, Json, Path, Query};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::domain::{self, ClientMessageId, MessageText, Quantity, TextError};
+use crate::error::{Error, Result};
+use crate::store::{Chat, ChatSummary, Inserted, Message, Participant};
+use crate::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/chats", post(start_chat).get(list_chats))
+        .route("/chat/{id}", get(history))
+        .route("/chat/{id}/messages", post(send))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(service_kit::metrics::render))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chat-service",
+        description = "Chats, sending and TimeUUID history."
+    ),
+    paths(start_chat, list_chats, send, history, healthz, readyz),
+    components(schemas(
+        StartChat,
+        ChatOut,
+        UserOut,
+        ChatList,
+        SendMessage,
+        MessageOut,
+        HistoryPage
+    ))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct StartChat {
+    /// The other participant.
+    pub user_id: Uuid,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserOut {
+    pub id: Uuid,
+    pub username: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatOut {
+    /// Derived from the pair of participants: the same for both of them.
+    pub id: Uuid,
+    pub participants: Vec<UserOut>,
+    /// The participant who is not the caller.
+    pub other: UserOut,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339: the last message, or creation.
+    pub last_activity: String,
+    pub last_message_id: Option<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatList {
+    /// Most recently active first.
+    pub chats: Vec<ChatOut>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct SendMessage {
+    /// 1 to 4000 characters, not only whitespace.
+    pub text: String,
+    /// Idempotency key chosen by the client: a repeat returns the original.
+    pub client_message_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageOut {
+    /// Version-1 TimeUUID; its timestamp is `sent_at`.
+    pub id: Uuid,
+    pub chat_id: Uuid,
+    pub sender_id: Uuid,
+    pub text: String,
+    /// RFC 3339, UTC.
+    pub sent_at: String,
+    pub client_message_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub messages: Vec<MessageOut>,
+    /// Whether older messages exist.
+    pub has_more: bool,
+    /// Pass as `time` to get the next (older) page; null when `has_more` is false.
+    pub next_time: Option<Uuid>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct HistoryParams {
+    /// A version-1 UUID: only messages strictly older are returned (usually
+    /// the oldest message the client has). Absent: the newest messages.
+    pub time: Option<String>,
+    /// 1–100, default 10.
+    pub quantity: Option<String>,
+}
+
+fn rfc3339_millis(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn user_out(p: &Participant) -> UserOut {
+    UserOut {
+        id: p.id,
+        username: p.username.clone(),
+    }
+}
+
+fn chat_out(summary: &ChatSummary, caller: Uuid) -> ChatOut {
+    let chat = &summary.chat;
+    ChatOut {
+        id: chat.id,
+        participants: chat.participants.iter().map(user_out).collect(),
+        other: user_out(chat.other(caller)),
+        created_at: rfc3339_millis(chat.created_at),
+        last_activity: rfc3339_millis(summary.last_activity),
+        last_message_id: summary.last_message_id.map(TimeUuid::uuid),
+    }
+}
+
+fn message_out(m: &Message) -> MessageOut {
+    MessageOut {
+        id: m.id.uuid(),
+        chat_id: m.chat_id,
+        sender_id: m.sender_id,
+        text: m.text.clone(),
+        sent_at: m
+            .id
+            .datetime()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        client_message_id: m.client_message_id.clone(),
+    }
+}
+
+/// The chat, if it exists and `caller` is in it; otherwise the one 404.
+async fn chat_for(state: &AppState, raw_id: &str, caller: Uuid) -> Result<Chat> {
+    let id = Uuid::parse_str(raw_id).map_err(|_| Error::ChatNotFound)?;
+    match state.store.chat(id).await? {
+        Some(chat) if chat.has(caller) => Ok(chat),
+        _ => Err(Error::ChatNotFound),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()))
+        .unwrap_or_default()
+}
+
+/// Start (or get) the chat with another user.
+#[utoipa::path(post, path = "/chats", request_body = StartChat, security(("bearer" = [])), responses(
+    (status = 201, description = "created", body = ChatOut),
+    (status = 200, description = "it already existed", body = ChatOut),
+    (status = 422, description = "yourself, or no such user"),
+))]
+#[tracing::instrument(skip_all, fields(caller = %caller.id))]
+async fn start_chat(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<StartChat>,
+) -> Result<(StatusCode, Json<ChatOut>)> {
+    if body.user_id == caller.id {
+        return Err(Error::Unprocessable(
+            "self_chat",
+            "you cannot start a chat with yourself".into(),
+        ));
+    }
+    let token = bearer(&headers);
+    let other_name = state
+        .users
+        .username(body.user_id, token)
+        .await?
+        .ok_or_else(|| Error::Unprocessable("unknown_user", "no such user".into()))?;
+    let caller_name = match caller.claims.name.clone() {
+        Some(name) => name,
+        None => state
+            .users
+            .username(caller.id, token)
+            .await?
+            .unwrap_or_default(),
+    };
+    let chat = Chat {
+        id: chat_events::chat_id(caller.id, body.user_id),
+        participants: [
+            Participant {
+                id: caller.id,
+                username: caller_name,
+            },
+            Participant {
+                id: body.user_id,
+                username: other_name,
+            },
+        ],
+        created_at: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+    };
+    let created = state.store.create_chat(&chat).await?;
+    // Return what is stored, so both participants see the same record.
+    let stored = state.store.chat(chat.id).await?.unwrap_or(chat);
+    let summary = state
+        .store
+        .chats_of(caller.id)
+        .await?
+        .into_iter()
+        .find(|s| s.chat.id == stored.id)
+        .unwrap_or(ChatSummary {
+            last_activity: stored.created_at,
+            last_message_id: None,
+            chat: stored,
+        });
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(chat_out(&summary, caller.id))))
+}
+
+/// The caller's chats, most recently active first.
+#[utoipa::path(get, path = "/chats", security(("bearer" = [])), responses((status = 200, body = ChatList)))]
+async fn list_chats(State(state): State<AppState>, caller: AuthUser) -> Result<Json<ChatList>> {
+    let chats = state.store.chats_of(caller.id).await?;
+    Ok(Json(ChatList {
+        chats: chats.iter().map(|s| chat_out(s, caller.id)).collect(),
+    }))
+}
+
+/// Send a message.
+///
+/// 201 with the stored message; 200 with the original when the
+/// `client_message_id` was already used in this chat by this sender. 503
+/// when the message could not be put on the log: retry with the same
+/// `client_message_id`.
+#[utoipa::path(post, path = "/chat/{id}/messages", request_body = SendMessage, security(("bearer" = [])), responses(
+    (status = 201, body = MessageOut),
+    (status = 200, description = "repeat of an earlier client_message_id", body = MessageOut),
+    (status = 404, description = "no such chat, or not a participant"),
+    (status = 422, description = "empty or too long text, bad client_message_id"),
+    (status = 429, description = "sending too fast; see Retry-After"),
+    (status = 503, description = "log or store unavailable; retry"),
+))]
+#[tracing::instrument(skip_all, fields(caller = %caller.id))]
+async fn send(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    Json(body): Json<SendMessage>,
+) -> Result<(StatusCode, Json<MessageOut>)> {
+    let chat = chat_for(&state, &id, caller.id).await?;
+    let text = MessageText::parse(body.text).map_err(|e| match e {
+        TextError::Empty => Error::Unprocessable("empty_text", "text must not be empty".into()),
+        TextError::TooLong => Error::Unprocessable(
+            "text_too_long",
+            format!("text must be at most {} characters", domain::MAX_TEXT_CHARS),
+        ),
+    })?;
+    let client_id = body
+        .client_message_id
+        .map(ClientMessageId::parse)
+        .transpose()
+        .map_err(|e| Error::Unprocessable("invalid_client_message_id", e.into()))?;
+    if let Err(not_until) = state.send_limiter.check_key(&caller.id) {
+        return Err(Error::RateLimited(
+            not_until.wait_time_from(DefaultClock::default().now()),
+        ));
+    }
+    let inserted = state
+        .sender
+        .send(
+            &chat,
+            caller.id,
+            text.into_inner(),
+            client_id.map(ClientMessageId::into_inner),
+        )
+        .await?;
+    let status = match inserted {
+        Inserted::New(_) => StatusCode::CREATED,
+        Inserted::Existing(_) => StatusCode::OK,
+    };
+    Ok((status, Json(message_out(inserted.message()))))
+}
+
+/// Page through a chat's history, newest first.
+#[utoipa::path(get, path = "/chat/{id}", params(HistoryParams), security(("bearer" = [])), responses(
+    (status = 200, body = HistoryPage),
+    (status = 400, description = "time is not a version-1 UUID, or quantity outside 1–100"),
+    (status = 404, description = "no such chat, or not a participant"),
+))]
+async fn history(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<HistoryPage>> {
+    let chat = chat_for(&state, &id, caller.id).await?;
+    let before = domain::parse_time(params.time.as_deref())
+        .map_err(|e| Error::BadRequest("invalid_time", e.into()))?;
+    let quantity = Quantity::parse(params.quantity.as_deref())
+        .map_err(|e| Error::BadRequest("invalid_quantity", e.into()))?
+        .get();
+    let mut messages = state.store.history(chat.id, before, quantity + 1).await?;
+    let has_more = messages.len() > quantity;
+    messages.truncate(quantity);
+    let next_time = if has_more {
+        messages.last().map(|m| m.id.uuid())
+    } else {
+        None
+    };
+    Ok(Json(HistoryPage {
+        messages: messages.iter().map(message_out).collect(),
+        has_more,
+        next_time,
+    }))
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the store and the log answer.
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    let log = state.log.ping().await;
+    match (store, log) {
+        (Ok(()), Ok(())) => axum::Json(serde_json::json!({
+            "status": "ready",
+            "store": state.store.backend(),
+            "log": state.log.backend(),
+        }))
+        .into_response(),
+        (store, log) => {
+            tracing::warn!(?store, ?log, "readiness check failed");
+            ApiError::unavailable("a backend is unreachable").into_response()
+        }
+    }
+}

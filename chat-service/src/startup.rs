@@ -1,0 +1,174 @@
+//! Wiring: backends from config, the router with its middleware, the server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use auth_validator::Verifier;
+use axum::extract::FromRef;
+use axum::Router;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::config::{LogKind, StoreKind};
+use crate::log::kafka::{KafkaLog, KafkaSettings};
+use crate::log::{MessageLog, OutboxLog};
+use crate::service::Sender;
+use crate::store::cql::{parse_consistency, CqlSettings, CqlStore};
+use crate::store::sqlite::SqliteStore;
+use crate::store::MessageStore;
+use crate::users::{HttpDirectory, UserDirectory};
+use crate::Config;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn MessageStore>,
+    pub log: Arc<dyn MessageLog>,
+    pub sender: Arc<Sender>,
+    pub users: Arc<dyn UserDirectory>,
+    pub verifier: Verifier,
+    pub send_limiter: Arc<DefaultKeyedRateLimiter<Uuid>>,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Verifier {
+        state.verifier.clone()
+    }
+}
+
+/// The token verifier: the configured key, or else the HS256 secret that
+/// auth-service generated in the shared data directory (embedded mode).
+pub fn verifier(config: &Config, http: reqwest::Client) -> anyhow::Result<Verifier> {
+    let mut auth = config.auth.clone();
+    if !auth.has_key() {
+        let secret = config.data_dir.join("jwt-secret");
+        anyhow::ensure!(
+            secret.exists(),
+            "no token key configured and {} does not exist: start auth-service on the same \
+             --data-dir first, or give --jwt-secret / --jwt-public-key / --jwks-url",
+            secret.display()
+        );
+        auth.jwt_secret_file = Some(secret);
+    }
+    Ok(auth.build(http)?)
+}
+
+impl AppState {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        service_kit::metrics::handle();
+        let http = reqwest::Client::new();
+        let verifier = verifier(config, http.clone())?;
+        let store: Arc<dyn MessageStore> = match config.store.kind {
+            StoreKind::Embedded => Arc::new(
+                SqliteStore::open(&config.data_dir, config.log.kind == LogKind::Embedded).await?,
+            ),
+            StoreKind::Cql => {
+                let s = &config.store;
+                let settings = CqlSettings {
+                    contact_points: s.cql_contact_points.clone(),
+                    keyspace: s.cql_keyspace.clone(),
+                    replication_factor: s.cql_replication_factor,
+                    consistency: parse_consistency(&s.cql_consistency)
+                        .map_err(anyhow::Error::msg)?,
+                    bucket: Duration::from_secs(s.cql_bucket_hours * 3600),
+                    username: s.cql_username.clone(),
+                    password: s
+                        .cql_password
+                        .as_ref()
+                        .map(|p| p.expose_secret().to_owned()),
+                };
+                Arc::new(CqlStore::connect(&settings).await?)
+            }
+        };
+        let log: Arc<dyn MessageLog> = match config.log.kind {
+            LogKind::Embedded => Arc::new(OutboxLog),
+            LogKind::Kafka => {
+                let l = &config.log;
+                Arc::new(
+                    KafkaLog::connect(&KafkaSettings {
+                        brokers: l.kafka_brokers.clone(),
+                        topic: l.kafka_topic.clone(),
+                        partitions: l.kafka_partitions,
+                        replication_factor: l.kafka_replication_factor,
+                        message_timeout: Duration::from_millis(l.kafka_message_timeout_ms),
+                    })
+                    .await?,
+                )
+            }
+        };
+        let rate = NonZeroU32::new(config.send_rate_per_sec).context("send rate")?;
+        let burst = NonZeroU32::new(config.send_burst).context("send burst")?;
+        Ok(Self {
+            sender: Arc::new(Sender::new(store.clone(), log.clone())),
+            store,
+            log,
+            users: Arc::new(HttpDirectory::new(&config.auth_url, http)),
+            verifier,
+            send_limiter: Arc::new(RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            )),
+        })
+    }
+}
+
+/// The routes with the shared middleware stack.
+pub fn router(state: AppState) -> Router {
+    service_kit::layers::apply(crate::routes::router(state), "chat", Default::default())
+}
+
+/// A bound, ready-to-run service.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let state = AppState::build(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        // Forget idle users' rate-limit state now and then, so memory is
+        // bounded by recently active senders.
+        let limiter = self.state.send_limiter.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limiter.retain_recent();
+            }
+        });
+        let result = axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving");
+        sweeper.abort();
+        tracing::info!("chat-service stopped");
+        result
+    }
+}

@@ -1,0 +1,560 @@
+//! Cassandra / ScyllaDB store through the `scylla` driver.
+//!
+//! Schema (created at start-up when missing):
+//! - `messages`: partition `(chat_id, bucket)`, clustered by `id timeuuid`
+//!   descending. `bucket` is the message time divided by the bucket length
+//!   (default one day), so no partition grows without bound.
+//! - `chat_buckets`: per chat, the buckets that hold messages (descending),
+//!   so history skips empty days instead of probing them one by one.
+//! - `chats` and `user_chats` (a user's chats with last activity).
+//! - `client_ids`: `(chat, sender, client_message_id) → message id`, claimed
+//!   with a lightweight transaction (`IF NOT EXISTS`), which makes the
+//!   idempotency check race-free across replicas.
+//!
+//! One shared session; every statement is prepared once at start-up, with
+//! the configured consistency (LOCAL_QUORUM by default; LWTs use
+//! LOCAL_SERIAL). Plain writes are marked idempotent, so the driver may retry
+//! them: rewriting a message with the same id and values changes nothing.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chat_events::TimeUuid;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlTimeuuid, CqlValue, Row};
+use uuid::Uuid;
+
+use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
+
+/// Settings of the CQL store.
+#[derive(Debug, Clone)]
+pub struct CqlSettings {
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    pub replication_factor: u32,
+    pub consistency: Consistency,
+    pub bucket: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+pub struct CqlStore {
+    session: Session,
+    bucket_ms: i64,
+    insert_chat: PreparedStatement,
+    insert_user_chat: PreparedStatement,
+    touch_user_chat: PreparedStatement,
+    select_chat: PreparedStatement,
+    select_user_chats: PreparedStatement,
+    claim_client_id: PreparedStatement,
+    select_client_id: PreparedStatement,
+    insert_message: PreparedStatement,
+    insert_bucket: PreparedStatement,
+    select_message: PreparedStatement,
+    select_buckets: PreparedStatement,
+    select_page: PreparedStatement,
+    select_page_before: PreparedStatement,
+}
+
+fn cql(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Cql(e.to_string())
+}
+
+/// Parses `one`, `quorum`, `local-quorum`, `all`… (case-insensitive).
+pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    Ok(match s.to_ascii_lowercase().replace('-', "_").as_str() {
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        other => return Err(format!("unknown consistency {other:?}")),
+    })
+}
+
+impl CqlStore {
+    pub async fn connect(settings: &CqlSettings) -> anyhow::Result<Self> {
+        let mut builder = SessionBuilder::new().known_nodes(&settings.contact_points);
+        if let (Some(user), Some(pass)) = (&settings.username, &settings.password) {
+            builder = builder.user(user, pass);
+        }
+        let session = builder
+            .build()
+            .await
+            .context("connecting to Cassandra/ScyllaDB")?;
+        let ks = &settings.keyspace;
+        anyhow::ensure!(
+            !ks.is_empty() && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "keyspace names are letters, digits and '_'"
+        );
+        let schema = [
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
+                 {{'class': 'NetworkTopologyStrategy', 'replication_factor': {}}}",
+                settings.replication_factor
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.chats (chat_id uuid PRIMARY KEY, \
+                 user_a uuid, user_a_name text, user_b uuid, user_b_name text, created_at bigint)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.user_chats (user_id uuid, chat_id uuid, \
+                 last_activity bigint, last_message_id timeuuid, PRIMARY KEY (user_id, chat_id))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.messages (chat_id uuid, bucket bigint, id timeuuid, \
+                 sender_id uuid, recipient_id uuid, text text, client_message_id text, \
+                 PRIMARY KEY ((chat_id, bucket), id)) WITH CLUSTERING ORDER BY (id DESC)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.chat_buckets (chat_id uuid, bucket bigint, \
+                 PRIMARY KEY (chat_id, bucket)) WITH CLUSTERING ORDER BY (bucket DESC)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.client_ids (chat_id uuid, sender_id uuid, \
+                 client_message_id text, message_id timeuuid, \
+                 PRIMARY KEY ((chat_id, sender_id, client_message_id)))"
+            ),
+        ];
+        for ddl in &schema {
+            session
+                .query_unpaged(ddl.as_str(), &[])
+                .await
+                .with_context(|| ddl.clone())?;
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .context("schema agreement")?;
+
+        let c = settings.consistency;
+        let prepare = |text: String, idempotent: bool| {
+            let session = &session;
+            async move {
+                let mut p = session
+                    .prepare(text.as_str())
+                    .await
+                    .with_context(|| format!("preparing {text}"))?;
+                p.set_consistency(c);
+                p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                p.set_is_idempotent(idempotent);
+                anyhow::Ok(p)
+            }
+        };
+        Ok(Self {
+            bucket_ms: settings.bucket.as_millis().max(1) as i64,
+            insert_chat: prepare(
+                format!(
+                    "INSERT INTO {ks}.chats (chat_id, user_a, user_a_name, user_b, user_b_name, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+                ),
+                false,
+            )
+            .await?,
+            insert_user_chat: prepare(
+                format!(
+                    "UPDATE {ks}.user_chats SET last_activity = ? WHERE user_id = ? AND chat_id = ? \
+                     IF last_activity = null"
+                ),
+                false,
+            )
+            .await?,
+            touch_user_chat: prepare(
+                format!(
+                    "UPDATE {ks}.user_chats SET last_activity = ?, last_message_id = ? \
+                     WHERE user_id = ? AND chat_id = ?"
+                ),
+                true,
+            )
+            .await?,
+            select_chat: prepare(
+                format!(
+                    "SELECT chat_id, user_a, user_a_name, user_b, user_b_name, created_at \
+                     FROM {ks}.chats WHERE chat_id = ?"
+                ),
+                true,
+            )
+            .await?,
+            select_user_chats: prepare(
+                format!(
+                    "SELECT chat_id, last_activity, last_message_id FROM {ks}.user_chats WHERE user_id = ?"
+                ),
+                true,
+            )
+            .await?,
+            claim_client_id: prepare(
+                format!(
+                    "INSERT INTO {ks}.client_ids (chat_id, sender_id, client_message_id, message_id) \
+                     VALUES (?, ?, ?, ?) IF NOT EXISTS"
+                ),
+                false,
+            )
+            .await?,
+            select_client_id: {
+                let mut p = prepare(
+                    format!(
+                        "SELECT message_id FROM {ks}.client_ids \
+                         WHERE chat_id = ? AND sender_id = ? AND client_message_id = ?"
+                    ),
+                    true,
+                )
+                .await?;
+                // Read what the LWT decided, not a stale replica.
+                p.set_consistency(Consistency::LocalSerial);
+                p
+            },
+            insert_message: prepare(
+                format!(
+                    "INSERT INTO {ks}.messages (chat_id, bucket, id, sender_id, recipient_id, text, \
+                     client_message_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ),
+                true,
+            )
+            .await?,
+            insert_bucket: prepare(
+                format!("INSERT INTO {ks}.chat_buckets (chat_id, bucket) VALUES (?, ?)"),
+                true,
+            )
+            .await?,
+            select_message: prepare(
+                format!(
+                    "SELECT id, sender_id, recipient_id, text, client_message_id FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND id = ?"
+                ),
+                true,
+            )
+            .await?,
+            select_buckets: prepare(
+                format!(
+                    "SELECT bucket FROM {ks}.chat_buckets WHERE chat_id = ? AND bucket <= ? LIMIT 64"
+                ),
+                true,
+            )
+            .await?,
+            select_page: prepare(
+                format!(
+                    "SELECT id, sender_id, recipient_id, text, client_message_id FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? LIMIT ?"
+                ),
+                true,
+            )
+            .await?,
+            select_page_before: prepare(
+                format!(
+                    "SELECT id, sender_id, recipient_id, text, client_message_id FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND id < ? LIMIT ?"
+                ),
+                true,
+            )
+            .await?,
+            session,
+        })
+    }
+
+    fn bucket_of(&self, id: TimeUuid) -> i64 {
+        id.unix_millis().div_euclid(self.bucket_ms)
+    }
+
+    async fn message(&self, chat: Uuid, id: TimeUuid) -> Result<Option<Message>, StoreError> {
+        let rows = self
+            .session
+            .execute_unpaged(
+                &self.select_message,
+                (chat, self.bucket_of(id), CqlTimeuuid::from(id.uuid())),
+            )
+            .await
+            .map_err(cql)?
+            .into_rows_result()
+            .map_err(cql)?;
+        let row = rows.maybe_first_row::<MessageRow>().map_err(cql)?;
+        row.map(|r| r.into_message(chat)).transpose()
+    }
+
+    /// Claims the client id for `id`; returns the id that owns it.
+    async fn claim(&self, m: &Message, client_id: &str) -> Result<TimeUuid, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.claim_client_id,
+                (
+                    m.chat_id,
+                    m.sender_id,
+                    client_id,
+                    CqlTimeuuid::from(m.id.uuid()),
+                ),
+            )
+            .await
+            .map_err(cql)?
+            .into_rows_result()
+            .map_err(cql)?;
+        if lwt_applied(&result)? {
+            return Ok(m.id);
+        }
+        let owner = self
+            .session
+            .execute_unpaged(&self.select_client_id, (m.chat_id, m.sender_id, client_id))
+            .await
+            .map_err(cql)?
+            .into_rows_result()
+            .map_err(cql)?
+            .maybe_first_row::<(CqlTimeuuid,)>()
+            .map_err(cql)?
+            .ok_or_else(|| StoreError::Cql("client id claimed but not readable".into()))?;
+        TimeUuid::from_uuid(owner.0.into()).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn write_message(&self, m: &Message) -> Result<(), StoreError> {
+        let bucket = self.bucket_of(m.id);
+        let id = CqlTimeuuid::from(m.id.uuid());
+        self.session
+            .execute_unpaged(
+                &self.insert_message,
+                (
+                    m.chat_id,
+                    bucket,
+                    id,
+                    m.sender_id,
+                    m.recipient_id,
+                    &m.text,
+                    &m.client_message_id,
+                ),
+            )
+            .await
+            .map_err(cql)?;
+        self.session
+            .execute_unpaged(&self.insert_bucket, (m.chat_id, bucket))
+            .await
+            .map_err(cql)?;
+        let at = m.id.unix_millis();
+        for user in [m.sender_id, m.recipient_id] {
+            self.session
+                .execute_unpaged(&self.touch_user_chat, (at, id, user, m.chat_id))
+                .await
+                .map_err(cql)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `[applied]` column of an LWT result.
+fn lwt_applied(rows: &scylla::response::query_result::QueryRowsResult) -> Result<bool, StoreError> {
+    let row = rows
+        .maybe_first_row::<Row>()
+        .map_err(cql)?
+        .ok_or_else(|| StoreError::Cql("LWT returned no row".into()))?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(StoreError::Cql(format!("unexpected LWT result {other:?}"))),
+    }
+}
+
+type MessageRow = (CqlTimeuuid, Uuid, Uuid, String, Option<String>);
+
+trait IntoMessage {
+    fn into_message(self, chat: Uuid) -> Result<Message, StoreError>;
+}
+
+impl IntoMessage for MessageRow {
+    fn into_message(self, chat: Uuid) -> Result<Message, StoreError> {
+        let (id, sender_id, recipient_id, text, client_message_id) = self;
+        Ok(Message {
+            id: TimeUuid::from_uuid(id.into()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            chat_id: chat,
+            sender_id,
+            recipient_id,
+            text,
+            client_message_id,
+        })
+    }
+}
+
+#[async_trait]
+impl MessageStore for CqlStore {
+    async fn create_chat(&self, chat: &Chat) -> Result<bool, StoreError> {
+        let [a, b] = &chat.participants;
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.insert_chat,
+                (
+                    chat.id,
+                    a.id,
+                    &a.username,
+                    b.id,
+                    &b.username,
+                    chat.created_at,
+                ),
+            )
+            .await
+            .map_err(cql)?
+            .into_rows_result()
+            .map_err(cql)?;
+        let created = lwt_applied(&result)?;
+        // Conditional, so a retry never moves a chat's activity backwards.
+        for user in [a.id, b.id] {
+            self.session
+                .execute_unpaged(&self.insert_user_chat, (chat.created_at, user, chat.id))
+                .await
+                .map_err(cql)?;
+        }
+        Ok(created)
+    }
+
+    async fn chat(&self, id: Uuid) -> Result<Option<Chat>, StoreError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_chat, (id,))
+            .await
+            .map_err(cql)?
+            .into_rows_result()
+            .map_err(cql)?
+            .maybe_first_row::<(Uuid, Uuid, String, Uuid, String, i64)>()
+            .map_err(cql)?;
+        Ok(row.map(|(id, a, a_name, b, b_name, created_at)| Chat {
+            id,
+            participants: [
+                Participant {
+                    id: a,
+                    username: a_name,
+                },
+                Participant {
+                    id: b,
+                    username: b_name,
+                },
+            ],
+            created_at,
+        }))
+    }
+
+    async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.select_user_chats, (user,))
+            .await
+            .map_err(cql)?
+            .into_rows_result()
+            .map_err(cql)?;
+        let mut entries = Vec::new();
+        for row in rows
+            .rows::<(Uuid, Option<i64>, Option<CqlTimeuuid>)>()
+            .map_err(cql)?
+        {
+            entries.push(row.map_err(cql)?);
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (chat_id, last_activity, last_message_id) in entries {
+            if let Some(chat) = self.chat(chat_id).await? {
+                out.push(ChatSummary {
+                    last_activity: last_activity.unwrap_or(chat.created_at),
+                    last_message_id: last_message_id
+                        .and_then(|t| TimeUuid::from_uuid(t.into()).ok()),
+                    chat,
+                });
+            }
+        }
+        out.sort_by(|a, b| b.last_activity.cmp(&a.last_activity));
+        Ok(out)
+    }
+
+    async fn insert_message(&self, m: Message) -> Result<Inserted, StoreError> {
+        if let Some(client_id) = m.client_message_id.clone() {
+            let owner = self.claim(&m, &client_id).await?;
+            if owner != m.id {
+                // Another request claimed this client id. Its message may not
+                // be written yet (it may even have crashed after the claim):
+                // write it from this request's copy, which carries the same
+                // content, so the outcome is one message either way.
+                if let Some(existing) = self.message(m.chat_id, owner).await? {
+                    return Ok(Inserted::Existing(existing));
+                }
+                let repaired = Message { id: owner, ..m };
+                self.write_message(&repaired).await?;
+                return Ok(Inserted::Existing(repaired));
+            }
+        }
+        self.write_message(&m).await?;
+        Ok(Inserted::New(m))
+    }
+
+    async fn history(
+        &self,
+        chat: Uuid,
+        before: Option<TimeUuid>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let start = match before {
+            Some(t) => self.bucket_of(t),
+            None => i64::MAX,
+        };
+        let mut out: Vec<Message> = Vec::with_capacity(limit);
+        let mut upper = start;
+        'buckets: loop {
+            let buckets = self
+                .session
+                .execute_unpaged(&self.select_buckets, (chat, upper))
+                .await
+                .map_err(cql)?
+                .into_rows_result()
+                .map_err(cql)?;
+            let mut found: Vec<i64> = Vec::new();
+            for b in buckets.rows::<(i64,)>().map_err(cql)? {
+                found.push(b.map_err(cql)?.0);
+            }
+            if found.is_empty() {
+                break;
+            }
+            for bucket in &found {
+                let want = (limit - out.len()) as i32;
+                let result = match before {
+                    Some(t) if *bucket == start => {
+                        self.session
+                            .execute_unpaged(
+                                &self.select_page_before,
+                                (chat, *bucket, CqlTimeuuid::from(t.uuid()), want),
+                            )
+                            .await
+                    }
+                    _ => {
+                        self.session
+                            .execute_unpaged(&self.select_page, (chat, *bucket, want))
+                            .await
+                    }
+                }
+                .map_err(cql)?
+                .into_rows_result()
+                .map_err(cql)?;
+                for row in result.rows::<MessageRow>().map_err(cql)? {
+                    out.push(row.map_err(cql)?.into_message(chat)?);
+                }
+                if out.len() >= limit {
+                    break 'buckets;
+                }
+            }
+            match found.last() {
+                Some(&last) if found.len() == 64 => upper = last - 1,
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.session
+            .query_unpaged("SELECT release_version FROM system.local", &[])
+            .await
+            .map_err(cql)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "cql"
+    }
+}

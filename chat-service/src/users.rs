@@ -1,0 +1,59 @@
+//! Who the other participant is: auth-service answers.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("auth-service: {0}")]
+    Http(String),
+}
+
+#[async_trait]
+pub trait UserDirectory: Send + Sync + 'static {
+    /// The user's name, or `None` if there is no such user. `bearer` is the
+    /// caller's access token, forwarded so auth-service authorises the call.
+    async fn username(&self, id: Uuid, bearer: &str) -> Result<Option<String>, DirectoryError>;
+}
+
+/// `GET {auth_url}/users/{id}` on auth-service.
+pub struct HttpDirectory {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl HttpDirectory {
+    pub fn new(base: &str, http: reqwest::Client) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+}
+
+#[async_trait]
+impl UserDirectory for HttpDirectory {
+    async fn username(&self, id: Uuid, bearer: &str) -> Result<Option<String>, DirectoryError> {
+        let response = self
+            .http
+            .get(format!("{}/users/{id}", self.base))
+            .bearer_auth(bearer)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| DirectoryError::Http(e.to_string()))?;
+        match response.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let user: serde_json::Value = response
+                    .json()
+                    .await
+                    .map_err(|e| DirectoryError::Http(e.to_string()))?;
+                Ok(user["username"].as_str().map(str::to_owned))
+            }
+            s => Err(DirectoryError::Http(format!(
+                "GET /users/{id} answered {s}"
+            ))),
+        }
+    }
+}
