@@ -33,3 +33,22 @@ start_postgres() {
   export POSTGRES_ADMIN_URL="postgres://postgres:${password}@127.0.0.1:${port}/postgres"
   echo "PostgreSQL ready at 127.0.0.1:$port"
 }
+
+# The Tansu Kafka-protocol broker, built once into $HOME/.cache/tansu (about
+# 7 minutes on 2 cores) and reused. Tests start their own brokers from it.
+# Exports TANSU_BIN.
+ensure_tansu() {
+  local root="${TANSU_ROOT:-$HOME/.cache/tansu}"
+  local bin="$root/bin/tansu"
+  if [ ! -x "$bin" ] || ! "$bin" --help >/dev/null 2>&1; then
+    echo "Tansu not cached; building it (cargo install tansu, several minutes)"
+    mkdir -p "$root"
+    # Its own target dir: never mixed with the project's build cache.
+    CARGO_TARGET_DIR="$root/build" cargo install tansu --locked --features dynostore --root "$root" \
+      || die "cannot build the Tansu broker (cargo install tansu)"
+    rm -rf "$root/build"
+  fi
+  "$bin" --help >/dev/null 2>&1 || die "Tansu at $bin does not run"
+  export TANSU_BIN="$bin"
+  echo "Tansu ready: $bin"
+}

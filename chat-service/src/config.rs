@@ -113,7 +113,13 @@ pub enum LogKind {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogConfig {
     /// Message log.
-    #[arg(long = "log", env = "CHAT_LOG", value_enum, default_value = "embedded")]
+    #[arg(
+        id = "log_kind",
+        long = "log",
+        env = "CHAT_LOG",
+        value_enum,
+        default_value = "embedded"
+    )]
     pub kind: LogKind,
 
     /// Kafka bootstrap servers, `host:port[,host:port…]`.
@@ -166,5 +172,26 @@ impl Config {
             "--cql-bucket-hours must be positive"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn an_embedded_log_needs_the_embedded_store() {
+        let mut c = Config::embedded("/tmp/x");
+        assert!(c.validate().is_ok());
+        c.store.kind = StoreKind::Cql;
+        assert!(c.validate().is_err());
+        c.log.kind = LogKind::Kafka;
+        assert!(c.validate().is_ok());
     }
 }

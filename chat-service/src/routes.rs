@@ -230,7 +230,7 @@ async fn start_chat(
                 username: other_name,
             },
         ],
-        created_at: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+        created_at: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
     };
     let created = state.store.create_chat(&chat).await?;
     // Return what is stored, so both participants see the same record.

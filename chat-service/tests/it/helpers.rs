@@ -1,0 +1,296 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// A running server task with its shutdown switch.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// auth-service and chat-service on one data directory, as in embedded mode.
+pub struct Stack {
+    pub auth: Running,
+    pub chat: Running,
+    pub client: reqwest::Client,
+    pub data_dir: TempDir,
+    pub config: chat_service::Config,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub token: String,
+}
+
+pub async fn spawn() -> Stack {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tweak: impl FnOnce(&mut chat_service::Config)) -> Stack {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let auth = start_auth(data_dir.path().to_path_buf()).await;
+    let mut config = chat_service::Config::embedded(data_dir.path());
+    config.auth_url = format!("http://{}", auth.addr);
+    config.send_rate_per_sec = 100_000;
+    config.send_burst = 100_000;
+    tweak(&mut config);
+    let chat = start_chat(config.clone()).await;
+    Stack {
+        auth,
+        chat,
+        client: reqwest::Client::new(),
+        data_dir,
+        config,
+    }
+}
+
+pub async fn start_auth(data_dir: PathBuf) -> Running {
+    let app = auth_service::App::build(auth_service::Config::embedded(data_dir))
+        .await
+        .expect("auth-service builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+pub async fn start_chat(config: chat_service::Config) -> Running {
+    let app = chat_service::App::build(config)
+        .await
+        .expect("chat-service builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl Stack {
+    pub fn chat_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.chat.addr, path)
+    }
+
+    /// Registers and logs in a user.
+    pub async fn user(&self, name: &str) -> User {
+        let auth = format!("http://{}", self.auth.addr);
+        let body = json!({ "username": name, "password": "password123" });
+        let r = self
+            .client
+            .post(format!("{auth}/users"))
+            .json(&body)
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let login: Value = self
+            .client
+            .post(format!("{auth}/login"))
+            .json(&body)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        User {
+            id: login["user"]["id"]
+                .as_str()
+                .expect("id")
+                .parse()
+                .expect("uuid"),
+            token: login["access_token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, user: Option<&User>) -> Response {
+        let mut req = self.client.get(self.chat_url(path));
+        if let Some(u) = user {
+            req = req.bearer_auth(&u.token);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn post(&self, path: &str, user: Option<&User>, body: &Value) -> Response {
+        let mut req = self.client.post(self.chat_url(path)).json(body);
+        if let Some(u) = user {
+            req = req.bearer_auth(&u.token);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// Starts the chat between `a` and `b`; returns its id.
+    pub async fn chat_between(&self, a: &User, b: &User) -> Uuid {
+        let r = self
+            .post("/chats", Some(a), &json!({ "user_id": b.id }))
+            .await;
+        assert!(r.status().is_success(), "{}", r.status());
+        let chat: Value = r.json().await.expect("json");
+        chat["id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    pub async fn send(
+        &self,
+        chat: Uuid,
+        from: &User,
+        text: &str,
+        client_id: Option<&str>,
+    ) -> Response {
+        let mut body = json!({ "text": text });
+        if let Some(c) = client_id {
+            body["client_message_id"] = json!(c);
+        }
+        self.post(&format!("/chat/{chat}/messages"), Some(from), &body)
+            .await
+    }
+
+    /// Sends and returns the stored message.
+    pub async fn sent(&self, chat: Uuid, from: &User, text: &str) -> Value {
+        let r = self.send(chat, from, text, None).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.expect("json")
+    }
+
+    pub async fn history(&self, chat: Uuid, user: &User, query: &str) -> Value {
+        let r = self.get(&format!("/chat/{chat}?{query}"), Some(user)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{query}");
+        r.json().await.expect("json")
+    }
+}
+
+/// Asserts status and the JSON error shape; returns the error code.
+pub async fn error_code(response: Response, status: StatusCode) -> String {
+    let actual = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(actual, status, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON error body");
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned()
+}
+
+/// A Tansu broker on its own port with in-memory storage; killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn tansu_binary() -> Option<PathBuf> {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let home = std::env::var("HOME").ok()?;
+    let cached = PathBuf::from(home).join(".cache/tansu/bin/tansu");
+    cached.exists().then_some(cached)
+}
+
+impl Broker {
+    /// Starts a broker, or returns `None` (saying so) when Tansu is not
+    /// installed, unless `REQUIRE_KAFKA=1`, which makes that a failure.
+    pub fn start() -> Option<Broker> {
+        let Some(bin) = tansu_binary() else {
+            if std::env::var("REQUIRE_KAFKA").is_ok_and(|v| v == "1") {
+                panic!("REQUIRE_KAFKA=1 but no Tansu binary (set TANSU_BIN)");
+            }
+            eprintln!("SKIPPED Kafka test: no Tansu binary (set TANSU_BIN)");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut broker = Broker { port, child: None };
+        broker.spawn(&bin);
+        Some(broker)
+    }
+
+    fn spawn(&mut self, bin: &PathBuf) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (its in-memory data is gone).
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = tansu_binary().expect("tansu");
+        self.spawn(&bin);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
