@@ -101,14 +101,16 @@ fn message(chat: &Chat, id: TimeUuid, from: usize, client: Option<&str>) -> Mess
 
 async fn chats_are_created_once_and_listed_by_activity(store: Store) {
     let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let ab = chat_of(a, b);
+    // Created in the past, so a message sent now is clearly the latest activity.
+    let mut ab = chat_of(a, b);
+    ab.created_at -= 2000;
     assert!(store.create_chat(&ab).await.expect("create"));
     assert!(!store.create_chat(&ab).await.expect("create again"));
     assert_eq!(store.chat(ab.id).await.expect("get"), Some(ab.clone()));
     assert_eq!(store.chat(Uuid::new_v4()).await.expect("get"), None);
 
     let mut ac = chat_of(a, c);
-    ac.created_at += 1;
+    ac.created_at -= 1000;
     store.create_chat(&ac).await.expect("create");
     let listed: Vec<Uuid> = store
         .chats_of(a)
