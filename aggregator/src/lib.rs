@@ -1,1 +1,2 @@
-//! aggregator: Kafka → consecutive-message batches → Firestore (not built yet; see the issue tracker).
+//! aggregator: message.created events → consecutive-message batch documents.
+pub mod batcher;

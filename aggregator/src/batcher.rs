@@ -1,0 +1,663 @@
+//! The aggregation rules, as pure logic over messages and a clock.
+//!
+//! A batch is a maximal run of consecutive messages in one chat from one
+//! sender. It closes when the other participant sends, when the gap between
+//! two of its messages' `sent_at` passes `max_gap`, or when it would exceed
+//! `max_count` messages or `max_bytes`. Every decision depends only on the
+//! messages themselves (sender, `sent_at`, size), never on when they arrive,
+//! so replaying the log after a crash rebuilds exactly the same batches.
+//!
+//! Writes: a new batch is written at once (together with the final state of
+//! the batch it closes, and the chat summary); growth of a batch is written
+//! at most once per `flush_interval`; [`Batcher::take_all`] hands out
+//! everything pending for the shutdown flush.
+//!
+//! Exactly-once effect: each batch remembers the log position of its last
+//! message. A redelivered message (position at or before that, on the same
+//! partition) or a re-published one (its id already in the open batch) is
+//! recognised as a duplicate and changes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chat_events::MessageCreated;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Where a message sits on the log: Kafka partition and offset, or the
+/// embedded log's sequence number (partition 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_gap: Duration,
+    pub max_count: usize,
+    pub max_bytes: usize,
+    pub flush_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_gap: Duration::from_secs(300),
+            max_count: 200,
+            max_bytes: 256 * 1024,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Fixed per-message overhead counted against `max_bytes`, on top of the
+/// text: field names, ids and timestamps as Firestore stores them.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 96;
+/// Fixed per-document overhead counted against `max_bytes`.
+pub const DOCUMENT_OVERHEAD_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchMessage {
+    pub id: Uuid,
+    pub text: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+}
+
+impl BatchMessage {
+    pub fn bytes(&self) -> usize {
+        self.text.len() + MESSAGE_OVERHEAD_BYTES
+    }
+}
+
+/// One batch document's content, whatever the sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub chat_id: Uuid,
+    /// The first message's id: deterministic, so a replay rewrites the same
+    /// document.
+    pub batch_id: Uuid,
+    /// 1, 2, 3… per chat: a client that sees a gap falls back to history.
+    pub seq: u64,
+    pub participants: [Uuid; 2],
+    pub sender_id: Uuid,
+    pub messages: Vec<BatchMessage>,
+    pub closed: bool,
+    /// Position of the last message: the high-water mark for duplicates and
+    /// for refusing writes that would go backwards.
+    pub last_position: Position,
+}
+
+impl Batch {
+    pub fn count(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        DOCUMENT_OVERHEAD_BYTES + self.messages.iter().map(BatchMessage::bytes).sum::<usize>()
+    }
+
+    pub fn first(&self) -> &BatchMessage {
+        &self.messages[0]
+    }
+
+    pub fn last(&self) -> &BatchMessage {
+        &self.messages[self.messages.len() - 1]
+    }
+
+    pub fn contains(&self, id: Uuid) -> bool {
+        self.messages.iter().any(|m| m.id == id)
+    }
+
+    /// Whether `self` is at least as far along the log as `other` (same
+    /// chat and batch): used to refuse backwards writes.
+    pub fn is_not_older_than(&self, other: &Batch) -> bool {
+        self.seq > other.seq
+            || (self.seq == other.seq
+                && self.count() >= other.count()
+                && (self.closed || !other.closed))
+    }
+}
+
+/// The chat summary document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub chat_id: Uuid,
+    pub participants: [Uuid; 2],
+    pub last_batch_id: Uuid,
+    pub last_batch_seq: u64,
+    pub last_sender_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_activity: OffsetDateTime,
+}
+
+/// What one sink write must store, atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub chat_id: Uuid,
+    /// The batch closed by this write's new batch, if any (written first).
+    pub closing: Option<Batch>,
+    pub batch: Batch,
+    /// Present when `batch` is new (the summary points at the newest batch).
+    pub summary: Option<Summary>,
+    /// Log positions whose effect this write stores.
+    pub covers: Vec<Position>,
+}
+
+impl Write {
+    /// Documents this write touches.
+    pub fn documents(&self) -> usize {
+        1 + usize::from(self.closing.is_some()) + usize::from(self.summary.is_some())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Already stored (redelivered or re-published): nothing changes.
+    Duplicate,
+    /// Added to the open batch; written at the next flush.
+    Appended,
+    /// Started a new batch: write it now.
+    Started,
+}
+
+#[derive(Debug, Default)]
+struct ChatState {
+    /// The newest batch (open, or closed by a size limit).
+    current: Option<Batch>,
+    /// A batch closed by `current` whose final state is not written yet.
+    closing: Option<Batch>,
+    /// `current` has never been written.
+    is_new: bool,
+    /// `current` (or `closing`) has changes not written yet.
+    dirty: bool,
+    pending: Vec<Position>,
+    last_write: Option<Instant>,
+}
+
+/// Per-chat batching state. Chats are loaded from the sink before their
+/// first message ([`Batcher::knows`], [`Batcher::restore`]).
+#[derive(Debug)]
+pub struct Batcher {
+    limits: Limits,
+    chats: HashMap<Uuid, ChatState>,
+}
+
+impl Batcher {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            chats: HashMap::new(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether the chat's state is loaded.
+    pub fn knows(&self, chat: Uuid) -> bool {
+        self.chats.contains_key(&chat)
+    }
+
+    /// Loads a chat's state from its newest stored batch (`None`: no batch
+    /// yet), so appending continues in that document after a restart.
+    pub fn restore(&mut self, chat: Uuid, newest: Option<Batch>) {
+        self.chats.insert(
+            chat,
+            ChatState {
+                current: newest,
+                ..ChatState::default()
+            },
+        );
+    }
+
+    /// Forgets a chat (its state will be reloaded from the sink).
+    pub fn forget(&mut self, chat: Uuid) {
+        self.chats.remove(&chat);
+    }
+
+    /// Applies one message at `position`. The chat must be known.
+    pub fn apply(&mut self, event: &MessageCreated, position: Position) -> Applied {
+        let limits = self.limits;
+        let state = self.chats.entry(event.chat_id).or_default();
+        let message = BatchMessage {
+            id: event.id,
+            text: event.text.clone(),
+            sent_at: event.sent_at,
+        };
+        if let Some(b) = &state.current {
+            let replayed =
+                position.partition == b.last_position.partition && position <= b.last_position;
+            let republished =
+                b.contains(event.id) || state.closing.as_ref().is_some_and(|c| c.contains(event.id));
+            if replayed || republished {
+                return Applied::Duplicate;
+            }
+        }
+        let fits = state.current.as_ref().is_some_and(|b| {
+            !b.closed
+                && b.sender_id == event.sender_id
+                && gap(b.last().sent_at, message.sent_at) <= limits.max_gap
+                && b.count() < limits.max_count
+                && b.bytes() + message.bytes() <= limits.max_bytes
+        });
+        let had_pending = state.dirty;
+        state.pending.push(position);
+        state.dirty = true;
+        if fits {
+            if let Some(b) = state.current.as_mut() {
+                b.messages.push(message);
+                b.last_position = position;
+                b.closed = b.count() >= limits.max_count;
+            }
+            return Applied::Appended;
+        }
+        let seq = state.current.as_ref().map_or(1, |b| b.seq + 1);
+        if let Some(mut previous) = state.current.take() {
+            // Its final state must be written if it changes now (closing)
+            // or still holds unwritten messages.
+            if !previous.closed || had_pending {
+                previous.closed = true;
+                state.closing = Some(previous);
+            }
+        }
+        let batch = Batch {
+            chat_id: event.chat_id,
+            batch_id: event.id,
+            seq,
+            participants: participants(event),
+            sender_id: event.sender_id,
+            closed: limits.max_count <= 1,
+            messages: vec![message],
+            last_position: position,
+        };
+        state.current = Some(batch);
+        state.is_new = true;
+        Applied::Started
+    }
+
+    /// Chats whose pending changes are due: new batches at once, growth
+    /// once `flush_interval` has passed since the chat's last write.
+    pub fn due(&self, now: Instant) -> Vec<Uuid> {
+        let interval = self.limits.flush_interval;
+        self.chats
+            .iter()
+            .filter(|(_, s)| {
+                s.dirty
+                    && (s.is_new || s.last_write.is_none_or(|t| now.duration_since(t) >= interval))
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// When the next coalesced write falls due, if any is pending.
+    pub fn next_due(&self) -> Option<Instant> {
+        let interval = self.limits.flush_interval;
+        self.chats
+            .values()
+            .filter(|s| s.dirty)
+            .map(|s| s.last_write.map_or_else(Instant::now, |t| t + interval))
+            .min()
+    }
+
+    /// The write that stores the chat's pending changes; the chat counts as
+    /// written from `now`. `None` when nothing is pending.
+    pub fn take_write(&mut self, chat: Uuid, now: Instant) -> Option<Write> {
+        let state = self.chats.get_mut(&chat)?;
+        if !state.dirty {
+            return None;
+        }
+        let batch = state.current.clone()?;
+        let summary = state.is_new.then(|| Summary {
+            chat_id: chat,
+            participants: batch.participants,
+            last_batch_id: batch.batch_id,
+            last_batch_seq: batch.seq,
+            last_sender_id: batch.sender_id,
+            last_activity: batch.last().sent_at,
+        });
+        let write = Write {
+            chat_id: chat,
+            closing: state.closing.take(),
+            batch,
+            summary,
+            covers: std::mem::take(&mut state.pending),
+        };
+        state.dirty = false;
+        state.is_new = false;
+        state.last_write = Some(now);
+        Some(write)
+    }
+
+    /// Every pending write (the shutdown flush).
+    pub fn take_all(&mut self, now: Instant) -> Vec<Write> {
+        let chats: Vec<Uuid> = self.chats.keys().copied().collect();
+        chats.into_iter().filter_map(|c| self.take_write(c, now)).collect()
+    }
+
+    /// Positions applied but not yet covered by a write, by partition: the
+    /// source may commit only below the smallest of them.
+    pub fn uncovered(&self) -> BTreeMap<i32, i64> {
+        let mut low: BTreeMap<i32, i64> = BTreeMap::new();
+        for p in self.chats.values().flat_map(|s| s.pending.iter()) {
+            low.entry(p.partition)
+                .and_modify(|o| *o = (*o).min(p.offset))
+                .or_insert(p.offset);
+        }
+        low
+    }
+}
+
+fn gap(earlier: OffsetDateTime, later: OffsetDateTime) -> Duration {
+    let d = later - earlier;
+    if d.is_negative() {
+        Duration::ZERO
+    } else {
+        d.unsigned_abs()
+    }
+}
+
+fn participants(event: &MessageCreated) -> [Uuid; 2] {
+    let (a, b) = (event.sender_id, event.recipient_id);
+    if a <= b {
+        [a, b]
+    } else {
+        [b, a]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_events::TimeUuidGenerator;
+    use proptest::prelude::*;
+
+    struct Chat {
+        id: Uuid,
+        users: [Uuid; 2],
+        ids: TimeUuidGenerator,
+        start: OffsetDateTime,
+        offset: i64,
+    }
+
+    impl Chat {
+        fn new() -> Self {
+            let users = [Uuid::new_v4(), Uuid::new_v4()];
+            Self {
+                id: chat_events::chat_id(users[0], users[1]),
+                users,
+                ids: TimeUuidGenerator::new(),
+                start: OffsetDateTime::now_utc(),
+                offset: 0,
+            }
+        }
+
+        /// A message from participant `who`, `at_ms` after the start.
+        fn msg(&mut self, who: usize, at_ms: i64, text: &str) -> (MessageCreated, Position) {
+            self.offset += 1;
+            let event = MessageCreated {
+                v: 1,
+                kind: "message.created".into(),
+                id: self.ids.next().uuid(),
+                chat_id: self.id,
+                sender_id: self.users[who],
+                recipient_id: self.users[1 - who],
+                text: text.into(),
+                sent_at: self.start + time::Duration::milliseconds(at_ms),
+                client_message_id: None,
+            };
+            (event, Position { partition: 0, offset: self.offset })
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_gap: Duration::from_secs(60),
+            max_count: 5,
+            max_bytes: 64 * 1024,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn batcher_for(chat: &Chat, limits: Limits) -> Batcher {
+        let mut b = Batcher::new(limits);
+        b.restore(chat.id, None);
+        b
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_switch_closes_the_batch_and_starts_a_new_one() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        let (m1, p1) = chat.msg(0, 0, "hi");
+        assert_eq!(b.apply(&m1, p1), Applied::Started);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert_eq!((w.batch.seq, w.batch.count(), w.closing.is_none()), (1, 1, true));
+        assert!(w.summary.is_some(), "a new batch updates the summary");
+        let (m2, p2) = chat.msg(1, 10, "hello");
+        assert_eq!(b.apply(&m2, p2), Applied::Started);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        let closing = w.closing.clone().expect("the previous batch is closed in the same write");
+        assert!(closing.closed);
+        assert_eq!(closing.batch_id, m1.id);
+        assert_eq!((w.batch.seq, w.batch.batch_id, w.batch.closed), (2, m2.id, false));
+        assert_eq!(w.documents(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_closes_the_batch() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        let (m1, p1) = chat.msg(0, 0, "a");
+        let (m2, p2) = chat.msg(0, 60_000, "b");
+        let (m3, p3) = chat.msg(0, 120_001, "c");
+        assert_eq!(b.apply(&m1, p1), Applied::Started);
+        assert_eq!(b.apply(&m2, p2), Applied::Appended, "a gap of exactly max_gap stays");
+        assert_eq!(b.apply(&m3, p3), Applied::Started, "a longer gap starts a new batch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_count_limit_closes_the_batch_when_reached() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        for i in 0..5 {
+            let (m, p) = chat.msg(0, i, "x");
+            let expected = if i == 0 { Applied::Started } else { Applied::Appended };
+            assert_eq!(b.apply(&m, p), expected);
+        }
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert!(w.batch.closed, "closed as soon as it holds max_count");
+        assert_eq!(w.batch.count(), 5);
+        let (m, p) = chat.msg(0, 10, "y");
+        assert_eq!(b.apply(&m, p), Applied::Started);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert!(w.closing.is_none(), "already written closed: no extra write");
+        assert_eq!(w.batch.seq, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_limit_closes_the_batch() {
+        let mut chat = Chat::new();
+        let limits = Limits { max_bytes: 4096, max_count: 100, ..limits() };
+        let mut b = batcher_for(&chat, limits);
+        let big = "x".repeat(1200);
+        let (m1, p1) = chat.msg(0, 0, &big);
+        let (m2, p2) = chat.msg(0, 1, &big);
+        let (m3, p3) = chat.msg(0, 2, &big);
+        assert_eq!(b.apply(&m1, p1), Applied::Started);
+        assert_eq!(b.apply(&m2, p2), Applied::Appended);
+        assert_eq!(b.apply(&m3, p3), Applied::Started, "a third would pass 4096 bytes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growth_is_coalesced_into_one_write_per_flush_interval() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, Limits { max_count: 100, ..limits() });
+        let (m, p) = chat.msg(0, 0, "first");
+        b.apply(&m, p);
+        assert_eq!(b.due(Instant::now()), vec![chat.id], "a new batch is due at once");
+        b.take_write(chat.id, Instant::now()).expect("write");
+        for i in 1..50 {
+            let (m, p) = chat.msg(0, i * 10, "more");
+            assert_eq!(b.apply(&m, p), Applied::Appended);
+        }
+        assert!(b.due(Instant::now()).is_empty(), "growth waits for the interval");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(b.due(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(b.due(Instant::now()), vec![chat.id]);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert_eq!(w.batch.count(), 50);
+        assert_eq!(w.covers.len(), 49);
+        assert!(w.summary.is_none(), "growth does not touch the summary");
+        assert!(b.take_write(chat.id, Instant::now()).is_none(), "nothing left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_takes_everything_pending() {
+        let mut chat = Chat::new();
+        let mut other = Chat::new();
+        let mut b = batcher_for(&chat, Limits { max_count: 100, ..limits() });
+        b.restore(other.id, None);
+        let (m, p) = chat.msg(0, 0, "a");
+        b.apply(&m, p);
+        b.take_write(chat.id, Instant::now());
+        let (m, p) = chat.msg(0, 1, "b");
+        b.apply(&m, p);
+        let (m, p) = other.msg(1, 0, "c");
+        b.apply(&m, p);
+        assert_eq!(b.uncovered().get(&0), Some(&1), "lowest unwritten offset");
+        let writes = b.take_all(Instant::now());
+        assert_eq!(writes.len(), 2);
+        assert!(b.uncovered().is_empty());
+        assert!(b.take_all(Instant::now()).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn redelivered_and_republished_messages_change_nothing() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        let (m1, p1) = chat.msg(0, 0, "a");
+        let (m2, p2) = chat.msg(0, 1, "b");
+        b.apply(&m1, p1);
+        b.apply(&m2, p2);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert_eq!(b.apply(&m1, p1), Applied::Duplicate, "redelivered");
+        let republished = Position { partition: 0, offset: 99 };
+        assert_eq!(b.apply(&m2, republished), Applied::Duplicate, "same id, later offset");
+        assert!(b.take_write(chat.id, Instant::now()).is_none());
+
+        // After a restart the state comes back from the stored batch.
+        let mut fresh = Batcher::new(limits());
+        fresh.restore(chat.id, Some(w.batch.clone()));
+        assert_eq!(fresh.apply(&m2, p2), Applied::Duplicate);
+        let (m3, p3) = chat.msg(0, 2, "c");
+        assert_eq!(fresh.apply(&m3, p3), Applied::Appended, "continues the stored batch");
+        let w2 = fresh.take_write(chat.id, Instant::now()).expect("write");
+        assert_eq!((w2.batch.batch_id, w2.batch.count()), (w.batch.batch_id, 3));
+        assert!(w2.batch.is_not_older_than(&w.batch));
+        assert!(!w.batch.is_not_older_than(&w2.batch));
+    }
+
+    /// A message of the generated history: sender, ms since the previous
+    /// message, text length, and whether it is delivered twice.
+    type Step = (usize, i64, usize, bool);
+
+    fn run(steps: &[Step], limits: Limits, restart_at: Option<usize>) -> (Vec<MessageCreated>, Vec<Batch>) {
+        let mut chat = Chat::new();
+        let mut stored: std::collections::BTreeMap<u64, Batch> = Default::default();
+        let mut b = batcher_for(&chat, limits);
+        let mut sent = Vec::new();
+        let mut at = 0;
+        let now = Instant::now();
+        for (i, (who, delay, len, twice)) in steps.iter().enumerate() {
+            if restart_at == Some(i) {
+                // Crash: unwritten state is lost; rebuild from the sink and
+                // replay from the lowest unwritten position.
+                let newest = stored.values().next_back().cloned();
+                b = Batcher::new(limits);
+                b.restore(chat.id, newest);
+                let replay: Vec<(MessageCreated, Position)> = sent
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(k, e)| (e, Position { partition: 0, offset: k as i64 + 1 }))
+                    .collect();
+                for (e, p) in &replay {
+                    b.apply(e, *p);
+                    while let Some(w) = b.take_write(chat.id, now) {
+                        store(&mut stored, w);
+                    }
+                }
+            }
+            at += delay;
+            let (event, position) = chat.msg(*who, at, &"t".repeat(*len));
+            let copies = if *twice { 2 } else { 1 };
+            for _ in 0..copies {
+                b.apply(&event, position);
+                // Write only sometimes, as flushes would.
+                if position.offset % 3 == 0 || b.due(now).contains(&chat.id) {
+                    if let Some(w) = b.take_write(chat.id, now) {
+                        store(&mut stored, w);
+                    }
+                }
+            }
+            sent.push(event);
+        }
+        for w in b.take_all(now) {
+            store(&mut stored, w);
+        }
+        (sent, stored.into_values().collect())
+    }
+
+    fn store(stored: &mut std::collections::BTreeMap<u64, Batch>, w: Write) {
+        for batch in w.closing.into_iter().chain(std::iter::once(w.batch)) {
+            if stored.get(&batch.seq).is_none_or(|old| batch.is_not_older_than(old)) {
+                stored.insert(batch.seq, batch);
+            }
+        }
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec((0..2usize, 0..90_000i64, 1..3000usize, prop::bool::weighted(0.1)), 1..80)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn batches_are_exactly_the_maximal_runs(steps in steps(), restart in prop::option::of(0..80usize)) {
+            let limits = Limits { max_gap: Duration::from_secs(60), max_count: 7, max_bytes: 16 * 1024, flush_interval: Duration::from_secs(1) };
+            let (sent, batches) = run(&steps, limits, restart);
+            // Every message once, in order.
+            let flat: Vec<Uuid> = batches.iter().flat_map(|b| b.messages.iter().map(|m| m.id)).collect();
+            let expected: Vec<Uuid> = sent.iter().map(|e| e.id).collect();
+            prop_assert_eq!(flat, expected);
+            for (i, batch) in batches.iter().enumerate() {
+                prop_assert_eq!(batch.seq, i as u64 + 1);
+                prop_assert_eq!(batch.batch_id, batch.first().id);
+                let senders: std::collections::HashSet<Uuid> = batch.messages.iter().map(|m| sent.iter().find(|e| e.id == m.id).map(|e| e.sender_id).unwrap_or_default()).collect();
+                prop_assert_eq!(senders.len(), 1, "one sender per batch");
+                prop_assert!(batch.count() <= limits.max_count);
+                prop_assert!(batch.bytes() <= limits.max_bytes);
+                for pair in batch.messages.windows(2) {
+                    prop_assert!(gap(pair[0].sent_at, pair[1].sent_at) <= limits.max_gap);
+                }
+                if let Some(next) = batches.get(i + 1) {
+                    prop_assert!(batch.closed, "all but the newest batch are closed");
+                    // Maximal: the same sender continues only where a limit split.
+                    if next.sender_id == batch.sender_id {
+                        let split = batch.count() == limits.max_count
+                            || batch.bytes() + next.first().bytes() > limits.max_bytes
+                            || gap(batch.last().sent_at, next.first().sent_at) > limits.max_gap;
+                        prop_assert!(split, "batches {} and {} should have been one", batch.seq, next.seq);
+                    }
+                }
+            }
+        }
+    }
+}
