@@ -1,0 +1,64 @@
+//! The document shape clients read, the same in Firestore and embedded.
+//!
+//! `chats/{chat_id}/batches/{batch_id}`:
+//! `chat_id`, `participants`, `sender_id`, `seq` (1, 2, 3… per chat: a gap
+//! means a missed batch, so fall back to history), `messages` (`id`, `text`,
+//! `sent_at`), `first_message_id`, `last_message_id`, `first_at`,
+//! `last_at`, `count`, `closed`, `expire_at` (for a TTL policy: history lives
+//! in the message store), and `log_partition` / `log_offset` (the log
+//! position of the last message, used by the aggregator itself).
+//!
+//! `chats/{chat_id}`: `chat_id`, `participants`, `last_batch_id`,
+//! `last_batch_seq`, `last_sender_id`, `last_activity`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::batcher::{Batch, Summary};
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The batch document as JSON (times as RFC 3339 strings).
+pub fn batch_json(batch: &Batch, ttl: Duration) -> Value {
+    json!({
+        "id": batch.batch_id,
+        "chat_id": batch.chat_id,
+        "participants": batch.participants,
+        "sender_id": batch.sender_id,
+        "seq": batch.seq,
+        "messages": batch.messages.iter().map(|m| json!({
+            "id": m.id,
+            "text": m.text,
+            "sent_at": rfc3339(m.sent_at),
+        })).collect::<Vec<_>>(),
+        "first_message_id": batch.first().id,
+        "last_message_id": batch.last().id,
+        "first_at": rfc3339(batch.first().sent_at),
+        "last_at": rfc3339(batch.last().sent_at),
+        "count": batch.count(),
+        "closed": batch.closed,
+        "expire_at": rfc3339(expire_at(batch, ttl)),
+        "log_partition": batch.last_position.partition,
+        "log_offset": batch.last_position.offset,
+    })
+}
+
+pub fn summary_json(summary: &Summary) -> Value {
+    json!({
+        "chat_id": summary.chat_id,
+        "participants": summary.participants,
+        "last_batch_id": summary.last_batch_id,
+        "last_batch_seq": summary.last_batch_seq,
+        "last_sender_id": summary.last_sender_id,
+        "last_activity": rfc3339(summary.last_activity),
+    })
+}
+
+pub fn expire_at(batch: &Batch, ttl: Duration) -> OffsetDateTime {
+    batch.last().sent_at + ttl
+}
