@@ -10,4 +10,6 @@
 //! - [`routes`]: probes, metrics and (embedded) the SSE stream per chat.
 
 pub mod batcher;
+pub mod pipeline;
 pub mod sink;
+pub mod source;

@@ -1,0 +1,158 @@
+//! Drives source → batcher → sink.
+//!
+//! - Each record is applied to the batcher (the chat's state is first
+//!   restored from the sink if this process has not seen the chat yet).
+//! - A new batch is written at once; growth is written when due (at most one
+//!   write per document per flush interval); everything pending is written
+//!   at shutdown.
+//! - Progress is committed to the source only below the lowest position
+//!   whose effect is not yet written, so a crash at any moment replays from
+//!   there and the batcher drops what the documents already hold.
+//! - A failing sink is retried with backoff, holding the pipeline (and its
+//!   commits) back; a write refused as stale ends the pipeline with an error
+//!   so the process restarts from its committed position.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::batcher::{Applied, Batcher, Limits, Write};
+use crate::sink::{Sink, SinkError};
+use crate::source::{Delivery, Source};
+
+const TICK: Duration = Duration::from_millis(50);
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Stale(SinkError),
+}
+
+pub struct Pipeline {
+    source: Box<dyn Source>,
+    sink: Arc<dyn Sink>,
+    batcher: Batcher,
+}
+
+impl Pipeline {
+    pub fn new(source: Box<dyn Source>, sink: Arc<dyn Sink>, limits: Limits) -> Self {
+        Self {
+            source,
+            sink,
+            batcher: Batcher::new(limits),
+        }
+    }
+
+    /// Runs until `shutdown` completes, then flushes and commits.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_lag = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                _ = tick.tick() => {
+                    self.flush_due().await?;
+                    self.source.commit(&self.batcher.uncovered()).await?;
+                    if last_lag.elapsed() >= LAG_EVERY {
+                        last_lag = Instant::now();
+                        if let Some(lag) = self.source.lag().await {
+                            metrics::gauge!("aggregator_consumer_lag").set(lag as f64);
+                        }
+                    }
+                }
+                delivery = self.source.next() => self.handle(delivery?).await?,
+            }
+        }
+        tracing::info!("aggregator draining");
+        for write in self.batcher.take_all(Instant::now()) {
+            self.write(write).await?;
+        }
+        self.source.close(&self.batcher.uncovered()).await?;
+        tracing::info!("aggregator stopped");
+        Ok(())
+    }
+
+    async fn handle(&mut self, delivery: Delivery) -> Result<(), PipelineError> {
+        let (event, position) = match delivery {
+            Delivery::Event(event, position) => (event, position),
+            Delivery::Undecodable(position, why) => {
+                metrics::counter!("aggregator_undecodable_total").increment(1);
+                tracing::warn!(?position, why, "skipping a record that is not a message.created v1 event");
+                return Ok(());
+            }
+        };
+        metrics::counter!("aggregator_messages_in_total").increment(1);
+        if !self.batcher.knows(event.chat_id) {
+            let newest = self.retry(|sink| {
+                let chat = event.chat_id;
+                async move { sink.newest_batch(chat).await }
+            })
+            .await?;
+            self.batcher.restore(event.chat_id, newest);
+        }
+        match self.batcher.apply(&event, position) {
+            Applied::Duplicate => {
+                metrics::counter!("aggregator_duplicates_total").increment(1);
+            }
+            Applied::Appended => {}
+            Applied::Started => {
+                metrics::counter!("aggregator_batches_started_total").increment(1);
+                if let Some(write) = self.batcher.take_write(event.chat_id, Instant::now()) {
+                    self.write(write).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_due(&mut self) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        for chat in self.batcher.due(now) {
+            if let Some(write) = self.batcher.take_write(chat, now) {
+                self.write(write).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, write: Write) -> Result<(), PipelineError> {
+        let documents = self
+            .retry(|sink| {
+                let write = write.clone();
+                async move { sink.write(&write).await }
+            })
+            .await?;
+        metrics::counter!("aggregator_writes_total").increment(1);
+        metrics::counter!("aggregator_documents_written_total").increment(documents as u64);
+        Ok(())
+    }
+
+    /// Runs `op` until it succeeds, backing off while the sink is down.
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, PipelineError>
+    where
+        F: Fn(Arc<dyn Sink>) -> Fut,
+        Fut: Future<Output = Result<T, SinkError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match op(self.sink.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(stale @ SinkError::Stale(_)) => return Err(PipelineError::Stale(stale)),
+                Err(SinkError::Unavailable(e)) => {
+                    metrics::counter!("aggregator_sink_errors_total").increment(1);
+                    tracing::warn!(error = %e, retry_in = ?delay, "sink unavailable");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
