@@ -232,8 +232,8 @@ impl Batcher {
         if let Some(b) = &state.current {
             let replayed =
                 position.partition == b.last_position.partition && position <= b.last_position;
-            let republished =
-                b.contains(event.id) || state.closing.as_ref().is_some_and(|c| c.contains(event.id));
+            let republished = b.contains(event.id)
+                || state.closing.as_ref().is_some_and(|c| c.contains(event.id));
             if replayed || republished {
                 return Applied::Duplicate;
             }
@@ -288,7 +288,9 @@ impl Batcher {
             .iter()
             .filter(|(_, s)| {
                 s.dirty
-                    && (s.is_new || s.last_write.is_none_or(|t| now.duration_since(t) >= interval))
+                    && (s.is_new
+                        || s.last_write
+                            .is_none_or(|t| now.duration_since(t) >= interval))
             })
             .map(|(id, _)| *id)
             .collect()
@@ -336,7 +338,10 @@ impl Batcher {
     /// Every pending write (the shutdown flush).
     pub fn take_all(&mut self, now: Instant) -> Vec<Write> {
         let chats: Vec<Uuid> = self.chats.keys().copied().collect();
-        chats.into_iter().filter_map(|c| self.take_write(c, now)).collect()
+        chats
+            .into_iter()
+            .filter_map(|c| self.take_write(c, now))
+            .collect()
     }
 
     /// Positions applied but not yet covered by a write, by partition: the
@@ -410,7 +415,13 @@ mod tests {
                 sent_at: self.start + time::Duration::milliseconds(at_ms),
                 client_message_id: None,
             };
-            (event, Position { partition: 0, offset: self.offset })
+            (
+                event,
+                Position {
+                    partition: 0,
+                    offset: self.offset,
+                },
+            )
         }
     }
 
@@ -436,15 +447,24 @@ mod tests {
         let (m1, p1) = chat.msg(0, 0, "hi");
         assert_eq!(b.apply(&m1, p1), Applied::Started);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
-        assert_eq!((w.batch.seq, w.batch.count(), w.closing.is_none()), (1, 1, true));
+        assert_eq!(
+            (w.batch.seq, w.batch.count(), w.closing.is_none()),
+            (1, 1, true)
+        );
         assert!(w.summary.is_some(), "a new batch updates the summary");
         let (m2, p2) = chat.msg(1, 10, "hello");
         assert_eq!(b.apply(&m2, p2), Applied::Started);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
-        let closing = w.closing.clone().expect("the previous batch is closed in the same write");
+        let closing = w
+            .closing
+            .clone()
+            .expect("the previous batch is closed in the same write");
         assert!(closing.closed);
         assert_eq!(closing.batch_id, m1.id);
-        assert_eq!((w.batch.seq, w.batch.batch_id, w.batch.closed), (2, m2.id, false));
+        assert_eq!(
+            (w.batch.seq, w.batch.batch_id, w.batch.closed),
+            (2, m2.id, false)
+        );
         assert_eq!(w.documents(), 3);
     }
 
@@ -456,8 +476,16 @@ mod tests {
         let (m2, p2) = chat.msg(0, 60_000, "b");
         let (m3, p3) = chat.msg(0, 120_001, "c");
         assert_eq!(b.apply(&m1, p1), Applied::Started);
-        assert_eq!(b.apply(&m2, p2), Applied::Appended, "a gap of exactly max_gap stays");
-        assert_eq!(b.apply(&m3, p3), Applied::Started, "a longer gap starts a new batch");
+        assert_eq!(
+            b.apply(&m2, p2),
+            Applied::Appended,
+            "a gap of exactly max_gap stays"
+        );
+        assert_eq!(
+            b.apply(&m3, p3),
+            Applied::Started,
+            "a longer gap starts a new batch"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -466,7 +494,11 @@ mod tests {
         let mut b = batcher_for(&chat, limits());
         for i in 0..5 {
             let (m, p) = chat.msg(0, i, "x");
-            let expected = if i == 0 { Applied::Started } else { Applied::Appended };
+            let expected = if i == 0 {
+                Applied::Started
+            } else {
+                Applied::Appended
+            };
             assert_eq!(b.apply(&m, p), expected);
         }
         let w = b.take_write(chat.id, Instant::now()).expect("write");
@@ -475,14 +507,21 @@ mod tests {
         let (m, p) = chat.msg(0, 10, "y");
         assert_eq!(b.apply(&m, p), Applied::Started);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
-        assert!(w.closing.is_none(), "already written closed: no extra write");
+        assert!(
+            w.closing.is_none(),
+            "already written closed: no extra write"
+        );
         assert_eq!(w.batch.seq, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_byte_limit_closes_the_batch() {
         let mut chat = Chat::new();
-        let limits = Limits { max_bytes: 4096, max_count: 100, ..limits() };
+        let limits = Limits {
+            max_bytes: 4096,
+            max_count: 100,
+            ..limits()
+        };
         let mut b = batcher_for(&chat, limits);
         let big = "x".repeat(1200);
         let (m1, p1) = chat.msg(0, 0, &big);
@@ -490,22 +529,39 @@ mod tests {
         let (m3, p3) = chat.msg(0, 2, &big);
         assert_eq!(b.apply(&m1, p1), Applied::Started);
         assert_eq!(b.apply(&m2, p2), Applied::Appended);
-        assert_eq!(b.apply(&m3, p3), Applied::Started, "a third would pass 4096 bytes");
+        assert_eq!(
+            b.apply(&m3, p3),
+            Applied::Started,
+            "a third would pass 4096 bytes"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn growth_is_coalesced_into_one_write_per_flush_interval() {
         let mut chat = Chat::new();
-        let mut b = batcher_for(&chat, Limits { max_count: 100, ..limits() });
+        let mut b = batcher_for(
+            &chat,
+            Limits {
+                max_count: 100,
+                ..limits()
+            },
+        );
         let (m, p) = chat.msg(0, 0, "first");
         b.apply(&m, p);
-        assert_eq!(b.due(Instant::now()), vec![chat.id], "a new batch is due at once");
+        assert_eq!(
+            b.due(Instant::now()),
+            vec![chat.id],
+            "a new batch is due at once"
+        );
         b.take_write(chat.id, Instant::now()).expect("write");
         for i in 1..50 {
             let (m, p) = chat.msg(0, i * 10, "more");
             assert_eq!(b.apply(&m, p), Applied::Appended);
         }
-        assert!(b.due(Instant::now()).is_empty(), "growth waits for the interval");
+        assert!(
+            b.due(Instant::now()).is_empty(),
+            "growth waits for the interval"
+        );
         tokio::time::advance(Duration::from_millis(999)).await;
         assert!(b.due(Instant::now()).is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -514,14 +570,23 @@ mod tests {
         assert_eq!(w.batch.count(), 50);
         assert_eq!(w.covers.len(), 49);
         assert!(w.summary.is_none(), "growth does not touch the summary");
-        assert!(b.take_write(chat.id, Instant::now()).is_none(), "nothing left");
+        assert!(
+            b.take_write(chat.id, Instant::now()).is_none(),
+            "nothing left"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_takes_everything_pending() {
         let mut chat = Chat::new();
         let mut other = Chat::new();
-        let mut b = batcher_for(&chat, Limits { max_count: 100, ..limits() });
+        let mut b = batcher_for(
+            &chat,
+            Limits {
+                max_count: 100,
+                ..limits()
+            },
+        );
         b.restore(other.id, None);
         let (m, p) = chat.msg(0, 0, "a");
         b.apply(&m, p);
@@ -547,8 +612,15 @@ mod tests {
         b.apply(&m2, p2);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
         assert_eq!(b.apply(&m1, p1), Applied::Duplicate, "redelivered");
-        let republished = Position { partition: 0, offset: 99 };
-        assert_eq!(b.apply(&m2, republished), Applied::Duplicate, "same id, later offset");
+        let republished = Position {
+            partition: 0,
+            offset: 99,
+        };
+        assert_eq!(
+            b.apply(&m2, republished),
+            Applied::Duplicate,
+            "same id, later offset"
+        );
         assert!(b.take_write(chat.id, Instant::now()).is_none());
 
         // After a restart the state comes back from the stored batch.
@@ -556,7 +628,11 @@ mod tests {
         fresh.restore(chat.id, Some(w.batch.clone()));
         assert_eq!(fresh.apply(&m2, p2), Applied::Duplicate);
         let (m3, p3) = chat.msg(0, 2, "c");
-        assert_eq!(fresh.apply(&m3, p3), Applied::Appended, "continues the stored batch");
+        assert_eq!(
+            fresh.apply(&m3, p3),
+            Applied::Appended,
+            "continues the stored batch"
+        );
         let w2 = fresh.take_write(chat.id, Instant::now()).expect("write");
         assert_eq!((w2.batch.batch_id, w2.batch.count()), (w.batch.batch_id, 3));
         assert!(w2.batch.is_not_older_than(&w.batch));
@@ -567,7 +643,11 @@ mod tests {
     /// message, text length, and whether it is delivered twice.
     type Step = (usize, i64, usize, bool);
 
-    fn run(steps: &[Step], limits: Limits, restart_at: Option<usize>) -> (Vec<MessageCreated>, Vec<Batch>) {
+    fn run(
+        steps: &[Step],
+        limits: Limits,
+        restart_at: Option<usize>,
+    ) -> (Vec<MessageCreated>, Vec<Batch>) {
         let mut chat = Chat::new();
         let mut stored: std::collections::BTreeMap<u64, Batch> = Default::default();
         let mut b = batcher_for(&chat, limits);
@@ -585,7 +665,15 @@ mod tests {
                     .iter()
                     .cloned()
                     .enumerate()
-                    .map(|(k, e)| (e, Position { partition: 0, offset: k as i64 + 1 }))
+                    .map(|(k, e)| {
+                        (
+                            e,
+                            Position {
+                                partition: 0,
+                                offset: k as i64 + 1,
+                            },
+                        )
+                    })
                     .collect();
                 for (e, p) in &replay {
                     b.apply(e, *p);
@@ -616,14 +704,25 @@ mod tests {
 
     fn store(stored: &mut std::collections::BTreeMap<u64, Batch>, w: Write) {
         for batch in w.closing.into_iter().chain(std::iter::once(w.batch)) {
-            if stored.get(&batch.seq).is_none_or(|old| batch.is_not_older_than(old)) {
+            if stored
+                .get(&batch.seq)
+                .is_none_or(|old| batch.is_not_older_than(old))
+            {
                 stored.insert(batch.seq, batch);
             }
         }
     }
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
-        prop::collection::vec((0..2usize, 0..90_000i64, 1..3000usize, prop::bool::weighted(0.1)), 1..80)
+        prop::collection::vec(
+            (
+                0..2usize,
+                0..90_000i64,
+                1..3000usize,
+                prop::bool::weighted(0.1),
+            ),
+            1..80,
+        )
     }
 
     proptest! {

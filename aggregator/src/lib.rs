@@ -10,6 +10,12 @@
 //! - [`routes`]: probes, metrics and (embedded) the SSE stream per chat.
 
 pub mod batcher;
+pub mod config;
 pub mod pipeline;
+pub mod routes;
 pub mod sink;
 pub mod source;
+pub mod startup;
+
+pub use config::Config;
+pub use startup::App;

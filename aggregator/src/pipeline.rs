@@ -85,17 +85,22 @@ impl Pipeline {
             Delivery::Event(event, position) => (event, position),
             Delivery::Undecodable(position, why) => {
                 metrics::counter!("aggregator_undecodable_total").increment(1);
-                tracing::warn!(?position, why, "skipping a record that is not a message.created v1 event");
+                tracing::warn!(
+                    ?position,
+                    why,
+                    "skipping a record that is not a message.created v1 event"
+                );
                 return Ok(());
             }
         };
         metrics::counter!("aggregator_messages_in_total").increment(1);
         if !self.batcher.knows(event.chat_id) {
-            let newest = self.retry(|sink| {
-                let chat = event.chat_id;
-                async move { sink.newest_batch(chat).await }
-            })
-            .await?;
+            let newest = self
+                .retry(|sink| {
+                    let chat = event.chat_id;
+                    async move { sink.newest_batch(chat).await }
+                })
+                .await?;
             self.batcher.restore(event.chat_id, newest);
         }
         match self.batcher.apply(&event, position) {

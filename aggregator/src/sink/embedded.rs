@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -71,7 +73,12 @@ impl EmbeddedSink {
             .await
             .context("opening the realtime store for reading")?;
         let (changes, _) = broadcast::channel(4096);
-        Ok(Self { write, read, changes, ttl })
+        Ok(Self {
+            write,
+            read,
+            changes,
+            ttl,
+        })
     }
 
     /// Live changes from now on (all chats).
@@ -107,7 +114,11 @@ impl EmbeddedSink {
 
     /// The chat's changes after `version`, oldest first, or `None` when
     /// changes that old are no longer kept.
-    pub async fn changes_since(&self, chat: Uuid, version: i64) -> Result<Option<Vec<Change>>, SinkError> {
+    pub async fn changes_since(
+        &self,
+        chat: Uuid,
+        version: i64,
+    ) -> Result<Option<Vec<Change>>, SinkError> {
         let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(version) FROM changes")
             .fetch_one(&self.read)
             .await
@@ -169,12 +180,13 @@ impl EmbeddedSink {
 #[async_trait]
 impl Sink for EmbeddedSink {
     async fn newest_batch(&self, chat: Uuid) -> Result<Option<Batch>, SinkError> {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM batches WHERE chat_id = ?1 ORDER BY seq DESC LIMIT 1")
-                .bind(chat)
-                .fetch_optional(&self.write)
-                .await
-                .map_err(unavailable)?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM batches WHERE chat_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chat)
+        .fetch_optional(&self.write)
+        .await
+        .map_err(unavailable)?;
         state
             .map(|s| serde_json::from_str(&s).map_err(unavailable))
             .transpose()
@@ -196,11 +208,17 @@ impl Sink for EmbeddedSink {
                 .transpose()?;
             match &stored {
                 Some(old) if old == batch => continue,
-                Some(old) if !batch.is_not_older_than(old) => return Err(SinkError::Stale(batch.chat_id)),
+                Some(old) if !batch.is_not_older_than(old) => {
+                    return Err(SinkError::Stale(batch.chat_id))
+                }
                 _ => {}
             }
             let doc = batch_json(batch, self.ttl);
-            let kind = if stored.is_some() { "modified" } else { "added" };
+            let kind = if stored.is_some() {
+                "modified"
+            } else {
+                "added"
+            };
             let version: i64 = sqlx::query_scalar(
                 "INSERT INTO changes (chat_id, kind, doc) VALUES (?1, ?2, ?3) RETURNING version",
             )
@@ -261,7 +279,10 @@ impl Sink for EmbeddedSink {
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
-        sqlx::query("SELECT 1").execute(&self.read).await.map_err(unavailable)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 

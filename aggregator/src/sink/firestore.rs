@@ -90,8 +90,14 @@ impl FsBatch {
 
     pub fn to_batch(&self) -> Result<Batch, String> {
         let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| format!("{s}: {e}"));
-        let participants: Vec<Uuid> = self.participants.iter().map(|p| uuid(p)).collect::<Result<_, _>>()?;
-        let participants: [Uuid; 2] = participants.try_into().map_err(|_| "participants".to_owned())?;
+        let participants: Vec<Uuid> = self
+            .participants
+            .iter()
+            .map(|p| uuid(p))
+            .collect::<Result<_, _>>()?;
+        let participants: [Uuid; 2] = participants
+            .try_into()
+            .map_err(|_| "participants".to_owned())?;
         Ok(Batch {
             chat_id: uuid(&self.chat_id)?,
             batch_id: uuid(&self.id)?,
@@ -152,7 +158,10 @@ fn stored_is_newer(stored: &FsBatch, new: &FsBatch) -> bool {
 #[async_trait]
 impl Sink for FirestoreSink {
     async fn newest_batch(&self, chat: Uuid) -> Result<Option<Batch>, SinkError> {
-        let parent = self.db.parent_path(CHATS, chat.to_string()).map_err(unavailable)?;
+        let parent = self
+            .db
+            .parent_path(CHATS, chat.to_string())
+            .map_err(unavailable)?;
         let newest: Vec<FsBatch> = self
             .db
             .fluent()
@@ -207,10 +216,12 @@ impl Sink for FirestoreSink {
                         match stored {
                             Some(s) if s.count == doc.count && s.closed == doc.closed => continue,
                             Some(s) if stored_is_newer(&s, doc) => {
-                                return Err(firestore::errors::FirestoreErrorInTransaction::permanent(
-                                    tx,
-                                    StaleMarker,
-                                ));
+                                return Err(
+                                    firestore::errors::FirestoreErrorInTransaction::permanent(
+                                        tx,
+                                        StaleMarker,
+                                    ),
+                                );
                             }
                             _ => {}
                         }

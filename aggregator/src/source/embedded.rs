@@ -62,7 +62,8 @@ impl ChatDb {
             .bind(chat)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok([r.try_get("user_a")?, r.try_get("user_b")?])).transpose()
+        row.map(|r| Ok([r.try_get("user_a")?, r.try_get("user_b")?]))
+            .transpose()
     }
 }
 
@@ -130,7 +131,10 @@ impl Source for EmbeddedSource {
             return Err(SourceError::Failed("empty buffer".into()));
         };
         self.seen = seq;
-        let position = Position { partition: 0, offset: seq };
+        let position = Position {
+            partition: 0,
+            offset: seq,
+        };
         Ok(match MessageCreated::decode(&payload) {
             Ok(event) => Delivery::Event(event, position),
             Err(e) => Delivery::Undecodable(position, e.to_string()),

@@ -90,7 +90,10 @@ impl Source for KafkaSource {
             partition: record.partition(),
             offset: record.offset(),
         };
-        let seen = self.seen.entry(position.partition).or_insert(position.offset);
+        let seen = self
+            .seen
+            .entry(position.partition)
+            .or_insert(position.offset);
         *seen = (*seen).max(position.offset);
         let payload = record.payload().unwrap_or_default();
         Ok(match MessageCreated::decode(payload) {

@@ -1,0 +1,173 @@
+//! Settings, from flags with environment fallbacks. The defaults are the
+//! embedded mode: chat-service's outbox in, the embedded realtime store out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use auth_validator::VerifierConfig;
+use clap::{Parser, ValueEnum};
+use service_kit::telemetry::LogFormat;
+
+use crate::batcher::Limits;
+
+/// aggregator: folds consecutive messages into batch documents.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "aggregator", version, about)]
+pub struct Config {
+    /// Address to listen on (probes, metrics and, embedded, the SSE streams).
+    #[arg(long, env = "AGGREGATOR_LISTEN", default_value = "127.0.0.1:8083")]
+    pub listen: SocketAddr,
+
+    /// Directory of embedded data: chat-service's `chat.db` (the embedded
+    /// log) and `realtime.db` (the embedded realtime store).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Where events come from.
+    #[arg(
+        id = "source_kind",
+        long = "source",
+        env = "AGGREGATOR_SOURCE",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub source: SourceKind,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic of `message.created` events.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
+    pub kafka_topic: String,
+
+    /// Consumer group; replicas in one group share the partitions.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "chat-aggregator")]
+    pub kafka_group_id: String,
+
+    /// Where batch documents go.
+    #[arg(
+        id = "sink_kind",
+        long = "sink",
+        env = "AGGREGATOR_SINK",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub sink: SinkKind,
+
+    /// Google Cloud project of the Firestore database. With
+    /// `FIRESTORE_EMULATOR_HOST` set, the emulator is used instead.
+    #[arg(long, env = "FIRESTORE_PROJECT_ID", default_value = "chat-local")]
+    pub firestore_project_id: String,
+
+    /// A batch closes when the gap since its last message passes this.
+    #[arg(long, env = "BATCH_MAX_GAP_SECS", default_value_t = 300)]
+    pub batch_max_gap_secs: u64,
+
+    /// Most messages in one batch.
+    #[arg(long, env = "BATCH_MAX_COUNT", default_value_t = 200)]
+    pub batch_max_count: usize,
+
+    /// Largest batch document, bytes (Firestore's limit is 1 MiB).
+    #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = 256 * 1024)]
+    pub batch_max_bytes: usize,
+
+    /// Growth of a batch is written at most this often, milliseconds.
+    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = 1000)]
+    pub flush_interval_ms: u64,
+
+    /// `expire_at` of a batch is its last message plus this many days.
+    #[arg(long, env = "BATCH_TTL_DAYS", default_value_t = 30)]
+    pub batch_ttl_days: u64,
+
+    /// How often the embedded source polls the log when idle, milliseconds.
+    #[arg(long, env = "EMBEDDED_POLL_MS", default_value_t = 10)]
+    pub embedded_poll_ms: u64,
+
+    #[command(flatten)]
+    pub auth: VerifierConfig,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// chat-service's outbox in `chat.db`.
+    Embedded,
+    /// A Kafka topic.
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// `realtime.db`, served over SSE.
+    Embedded,
+    /// Google Firestore (or its emulator).
+    Firestore,
+}
+
+/// A little under Firestore's 1 MiB document limit.
+pub const MAX_DOCUMENT_BYTES: usize = 900 * 1024;
+
+impl Config {
+    /// Every default, with the given data directory and a free port.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::parse_from(["aggregator"]);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_gap: Duration::from_secs(self.batch_max_gap_secs),
+            max_count: self.batch_max_count,
+            max_bytes: self.batch_max_bytes,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.batch_ttl_days * 24 * 3600)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.batch_max_count >= 1,
+            "--batch-max-count must be at least 1"
+        );
+        anyhow::ensure!(
+            (16 * 1024..=MAX_DOCUMENT_BYTES).contains(&self.batch_max_bytes),
+            "--batch-max-bytes must be 16 KiB to 900 KiB (a message can be 16 KiB; Firestore allows 1 MiB)"
+        );
+        anyhow::ensure!(
+            self.flush_interval_ms >= 1,
+            "--flush-interval-ms must be positive"
+        );
+        anyhow::ensure!(
+            self.embedded_poll_ms >= 1,
+            "--embedded-poll-ms must be positive"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut c = super::Config::embedded("/tmp/x");
+        assert!(c.validate().is_ok());
+        c.batch_max_bytes = 2 * 1024 * 1024;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,10 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = aggregator::Config::parse();
+    service_kit::telemetry::init(config.log_format);
+    let app = aggregator::App::build(config, None).await?;
+    tracing::info!(addr = %app.local_addr(), "aggregator listening");
+    app.run_until_stopped(service_kit::shutdown::signal()).await
+}

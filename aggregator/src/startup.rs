@@ -1,0 +1,142 @@
+//! Wiring: source, sink and pipeline from config; the HTTP server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{SinkKind, SourceKind};
+use crate::pipeline::Pipeline;
+use crate::routes::{probes, streams, ProbeState, StreamState};
+use crate::sink::embedded::EmbeddedSink;
+use crate::sink::firestore::FirestoreSink;
+use crate::sink::Sink;
+use crate::source::embedded::{ChatDb, EmbeddedSource};
+use crate::source::kafka::{KafkaSource, KafkaSourceSettings};
+use crate::source::Source;
+use crate::Config;
+
+/// How long a standalone aggregator waits for chat-service's `chat.db`.
+const CHAT_DB_WAIT: Duration = Duration::from_secs(60);
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    pipeline: Pipeline,
+}
+
+impl App {
+    /// Builds everything. `notify`, in a single process with chat-service,
+    /// wakes the embedded source on each send instead of waiting for a poll.
+    pub async fn build(config: Config, notify: Option<Arc<Notify>>) -> anyhow::Result<Self> {
+        config.validate()?;
+        service_kit::metrics::handle();
+        let embedded = match config.sink {
+            SinkKind::Embedded => Some(EmbeddedSink::open(&config.data_dir, config.ttl()).await?),
+            SinkKind::Firestore => None,
+        };
+        let sink: Arc<dyn Sink> = match &embedded {
+            Some(store) => Arc::new(store.clone()),
+            None => {
+                Arc::new(FirestoreSink::connect(&config.firestore_project_id, config.ttl()).await?)
+            }
+        };
+        let needs_chat_db = config.source == SourceKind::Embedded || embedded.is_some();
+        let chat_db = if needs_chat_db {
+            Some(ChatDb::open(&config.data_dir, CHAT_DB_WAIT).await?)
+        } else {
+            None
+        };
+        let source: Box<dyn Source> = match config.source {
+            SourceKind::Embedded => {
+                let positions = match &embedded {
+                    Some(store) => store.clone(),
+                    // Positions of the embedded log live in realtime.db even
+                    // when documents go to Firestore.
+                    None => EmbeddedSink::open(&config.data_dir, config.ttl()).await?,
+                };
+                let db = chat_db.clone().context("chat.db")?;
+                Box::new(
+                    EmbeddedSource::new(
+                        db,
+                        positions,
+                        Duration::from_millis(config.embedded_poll_ms),
+                        notify,
+                    )
+                    .await?,
+                )
+            }
+            SourceKind::Kafka => Box::new(KafkaSource::connect(&KafkaSourceSettings {
+                brokers: config.kafka_brokers.clone(),
+                topic: config.kafka_topic.clone(),
+                group_id: config.kafka_group_id.clone(),
+            })?),
+        };
+        let mut router = probes(ProbeState { sink: sink.clone() });
+        if let (Some(store), Some(chats)) = (embedded, chat_db) {
+            let verifier = verifier(&config)?;
+            router = router.merge(streams(StreamState {
+                store,
+                chats,
+                verifier,
+            }));
+        }
+        let router = service_kit::layers::apply(router, "aggregator", Default::default());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router,
+            pipeline: Pipeline::new(source, sink, config.limits()),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Runs the pipeline and the server until `shutdown`; then flushes what
+    /// is pending and commits. Returns an error if the pipeline failed.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let server =
+            axum::serve(self.listener, self.router).with_graceful_shutdown(wait(stop_rx.clone()));
+        let server = tokio::spawn(async move { server.await });
+        let result = self.pipeline.run(wait(stop_rx)).await;
+        signal.abort();
+        server.abort();
+        result.context("pipeline")
+    }
+}
+
+/// The token verifier for SSE: the configured key, or the HS256 secret
+/// auth-service keeps in the shared data directory (embedded mode).
+fn verifier(config: &Config) -> anyhow::Result<auth_validator::Verifier> {
+    let mut auth = config.auth.clone();
+    if !auth.has_key() {
+        auth.jwt_secret_file = Some(config.data_dir.join("jwt-secret"));
+    }
+    Ok(auth.build(reqwest_client())?)
+}
+
+fn reqwest_client() -> reqwest::Client {
+    reqwest::Client::new()
+}
