@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "chat-aggregator")]
     pub kafka_group_id: String,
 
+    /// Kafka consumer session timeout, milliseconds: how long a crashed
+    /// replica holds its partitions before the group moves them.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u64,
+
     /// Where batch documents go.
     #[arg(
         id = "sink_kind",

@@ -75,6 +75,7 @@ impl App {
                 brokers: config.kafka_brokers.clone(),
                 topic: config.kafka_topic.clone(),
                 group_id: config.kafka_group_id.clone(),
+                session_timeout: Duration::from_millis(config.kafka_session_timeout_ms),
             })?),
         };
         let mut router = probes(ProbeState { sink: sink.clone() });

@@ -22,6 +22,7 @@ pub struct KafkaSourceSettings {
     pub brokers: String,
     pub topic: String,
     pub group_id: String,
+    pub session_timeout: Duration,
 }
 
 pub struct KafkaSource {
@@ -43,6 +44,7 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
             .create()
             .context("creating the Kafka consumer")?;
         consumer

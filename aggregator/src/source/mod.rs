@@ -25,7 +25,7 @@ pub enum SourceError {
 }
 
 #[async_trait]
-pub trait Source: Send + 'static {
+pub trait Source: Send + Sync + 'static {
     /// The next record, in log order per partition. Cancel-safe.
     async fn next(&mut self) -> Result<Delivery, SourceError>;
 

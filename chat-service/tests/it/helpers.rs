@@ -1,7 +1,5 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -208,89 +206,4 @@ pub async fn error_code(response: Response, status: StatusCode) -> String {
         .to_owned()
 }
 
-/// A Tansu broker on its own port with in-memory storage; killed on drop.
-pub struct Broker {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-fn tansu_binary() -> Option<PathBuf> {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return Some(PathBuf::from(bin));
-    }
-    let home = std::env::var("HOME").ok()?;
-    let cached = PathBuf::from(home).join(".cache/tansu/bin/tansu");
-    cached.exists().then_some(cached)
-}
-
-impl Broker {
-    /// Starts a broker, or returns `None` (saying so) when Tansu is not
-    /// installed, unless `REQUIRE_KAFKA=1`, which makes that a failure.
-    pub fn start() -> Option<Broker> {
-        let Some(bin) = tansu_binary() else {
-            if std::env::var("REQUIRE_KAFKA").is_ok_and(|v| v == "1") {
-                panic!("REQUIRE_KAFKA=1 but no Tansu binary (set TANSU_BIN)");
-            }
-            eprintln!("SKIPPED Kafka test: no Tansu binary (set TANSU_BIN)");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut broker = Broker { port, child: None };
-        broker.spawn(&bin);
-        Some(broker)
-    }
-
-    fn spawn(&mut self, bin: &PathBuf) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port (its in-memory data is gone).
-    pub fn restart(&mut self) {
-        self.kill();
-        let bin = tansu_binary().expect("tansu");
-        self.spawn(&bin);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use testkit::Broker;

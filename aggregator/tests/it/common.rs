@@ -1,0 +1,181 @@
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aggregator::sink::firestore::FsBatch;
+use chat_events::{MessageCreated, TimeUuidGenerator};
+use firestore::FirestoreDb;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const TOPIC: &str = "chat.messages";
+
+pub async fn create_topic(brokers: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin");
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(TOPIC, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer")
+}
+
+/// Publishes one event the way chat-service does: key = chat id, JSON value.
+pub async fn publish(producer: &FutureProducer, event: &MessageCreated) {
+    let key = event.chat_id.to_string();
+    let payload = event.encode();
+    producer
+        .send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(5))
+        .await
+        .expect("delivered");
+}
+
+/// A chat between two fresh users that writes its own events.
+pub struct Conversation {
+    pub chat_id: Uuid,
+    pub users: [Uuid; 2],
+    ids: TimeUuidGenerator,
+    clock: OffsetDateTime,
+}
+
+impl Conversation {
+    pub fn new() -> Self {
+        let users = [Uuid::new_v4(), Uuid::new_v4()];
+        Self {
+            chat_id: chat_events::chat_id(users[0], users[1]),
+            users,
+            ids: TimeUuidGenerator::new(),
+            clock: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// The next message from participant `who`, `after_ms` after the last.
+    pub fn say(&mut self, who: usize, after_ms: i64, text: &str) -> MessageCreated {
+        self.clock += time::Duration::milliseconds(after_ms);
+        MessageCreated {
+            v: 1,
+            kind: "message.created".into(),
+            id: self.ids.next().uuid(),
+            chat_id: self.chat_id,
+            sender_id: self.users[who],
+            recipient_id: self.users[1 - who],
+            text: text.into(),
+            sent_at: self.clock,
+            client_message_id: None,
+        }
+    }
+}
+
+/// The aggregator binary, consuming Kafka into the Firestore emulator.
+pub struct AggregatorProcess {
+    child: Child,
+    pub port: u16,
+}
+
+impl AggregatorProcess {
+    pub fn start(brokers: &str, project: &str, data_dir: &std::path::Path, flush_ms: u64) -> Self {
+        let port = testkit::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .args(["--source", "kafka", "--sink", "firestore"])
+            .args(["--kafka-brokers", brokers, "--kafka-topic", TOPIC, "--kafka-group-id", "aggregator-test"])
+            .args(["--kafka-session-timeout-ms", "6000"])
+            .args(["--firestore-project-id", project])
+            .args(["--flush-interval-ms", &flush_ms.to_string()])
+            .args(["--batch-max-count", "40"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aggregator");
+        testkit::wait_for_port(port, Duration::from_secs(30));
+        Self { child, port }
+    }
+
+    /// SIGKILL: no flush, no commit.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().expect("wait")
+    }
+
+    /// A counter from `/metrics` (0 when not yet recorded).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for AggregatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn firestore(project: &str) -> FirestoreDb {
+    FirestoreDb::new(project).await.expect("firestore client")
+}
+
+/// A chat's batch documents by `seq`.
+pub async fn batches(db: &FirestoreDb, chat: Uuid) -> BTreeMap<i64, FsBatch> {
+    let parent = db.parent_path("chats", chat.to_string()).expect("path");
+    let docs: Vec<FsBatch> = db
+        .fluent()
+        .select()
+        .from("batches")
+        .parent(&parent)
+        .obj()
+        .query()
+        .await
+        .expect("query batches");
+    docs.into_iter().map(|d| (d.seq, d)).collect()
+}
+
+/// Waits until the chat's documents hold `want` messages in all.
+pub async fn wait_for_messages(db: &FirestoreDb, chat: Uuid, want: usize, limit: Duration) -> BTreeMap<i64, FsBatch> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let docs = batches(db, chat).await;
+        let have: usize = docs.values().map(|b| b.messages.len()).sum();
+        if have >= want || tokio::time::Instant::now() >= deadline {
+            return docs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

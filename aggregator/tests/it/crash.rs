@@ -1,0 +1,104 @@
+//! Kill the aggregator with SIGKILL again and again while thousands of
+//! messages across many chats flow; at the end every message is in exactly
+//! one batch document, in order.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+use crate::common::{batches, create_topic, firestore, producer, publish, AggregatorProcess, Conversation};
+
+const CHATS: usize = 24;
+const MESSAGES: usize = 3000;
+const KILLS: usize = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
+    let (Some(_emulator), Some(broker)) = (testkit::firestore_emulator(), testkit::Broker::start()) else {
+        return;
+    };
+    let project = format!("crash-{}", Uuid::new_v4().simple());
+    create_topic(&broker.brokers(), 4).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let db = firestore(&project).await;
+
+    // The whole history up front: per chat, runs of 1–8 messages per sender.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut chats: Vec<Conversation> = (0..CHATS).map(|_| Conversation::new()).collect();
+    let mut turn: Vec<(usize, usize)> = vec![(0, 0); CHATS]; // (sender, left in run)
+    let mut events = Vec::with_capacity(MESSAGES);
+    for i in 0..MESSAGES {
+        let c = rng.gen_range(0..CHATS);
+        let (who, left) = &mut turn[c];
+        if *left == 0 {
+            *who = if rng.gen_bool(0.7) { 1 - *who } else { *who };
+            *left = rng.gen_range(1..=8);
+        }
+        *left -= 1;
+        events.push(chats[c].say(*who, rng.gen_range(1..400), &format!("m{i}")));
+    }
+
+    let brokers = broker.brokers();
+    let producing = {
+        let events = events.clone();
+        let brokers = brokers.clone();
+        tokio::spawn(async move {
+            let kafka = producer(&brokers);
+            for chunk in events.chunks(50) {
+                futures::future::join_all(chunk.iter().map(|e| publish(&kafka, e))).await;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+
+    for round in 0..KILLS {
+        let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
+        let alive = Duration::from_millis(rng.gen_range(1500..4000));
+        tokio::time::sleep(alive).await;
+        eprintln!("round {round}: SIGKILL after {alive:?}");
+        aggregator.kill();
+    }
+    producing.await.expect("producer");
+    let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
+
+    // Wait for everything, then check every chat.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let expected: HashMap<Uuid, Vec<Uuid>> = events.iter().fold(HashMap::new(), |mut m, e| {
+        m.entry(e.chat_id).or_default().push(e.id);
+        m
+    });
+    loop {
+        let mut complete = true;
+        for (chat, ids) in &expected {
+            let have: usize = batches(&db, *chat).await.values().map(|b| b.messages.len()).sum();
+            if have < ids.len() {
+                complete = false;
+                break;
+            }
+        }
+        if complete || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(aggregator.stop().success());
+
+    for (chat, ids) in &expected {
+        let docs = batches(&db, *chat).await;
+        let stored: Vec<Uuid> = docs
+            .values()
+            .flat_map(|b| b.messages.iter().map(|m| m.id.parse::<Uuid>().expect("uuid")))
+            .collect();
+        let unique: HashSet<&Uuid> = stored.iter().collect();
+        assert_eq!(unique.len(), stored.len(), "chat {chat}: a message is in two batches");
+        assert_eq!(&stored, ids, "chat {chat}: missing or out of order");
+        let seqs: Vec<i64> = docs.keys().copied().collect();
+        assert_eq!(seqs, (1..=docs.len() as i64).collect::<Vec<_>>(), "chat {chat}: seq gap");
+        for b in docs.values() {
+            assert_eq!(b.id, b.messages[0].id, "batch id is its first message");
+            assert_eq!(b.count as usize, b.messages.len());
+        }
+    }
+}

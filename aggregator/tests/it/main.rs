@@ -1,0 +1,12 @@
+//! aggregator integration tests:
+//! - `embedded`: the whole embedded stack in one process (auth-service,
+//!   chat-service, aggregator on one data directory) and the SSE stream;
+//! - `firestore`: the aggregator binary consuming a real Kafka-protocol
+//!   broker (Tansu) into the real Firestore emulator;
+//! - `crash`: the same, killed with SIGKILL again and again mid-stream.
+
+mod common;
+
+mod crash;
+mod embedded;
+mod firestore;

@@ -1,0 +1,171 @@
+//! Helpers for integration tests: a Tansu broker per test (so a test can
+//! stop it), the shared Firestore emulator, and a Server-Sent Events reader.
+//!
+//! A backend that is not available makes its tests print `SKIPPED …` and
+//! return, unless the matching `REQUIRE_…=1` is set (the README's test
+//! command sets them all), which turns that into a failure.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// A Tansu broker on its own port with in-memory storage; killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn tansu_binary() -> Option<PathBuf> {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let home = std::env::var("HOME").ok()?;
+    let cached = PathBuf::from(home).join(".cache/tansu/bin/tansu");
+    cached.exists().then_some(cached)
+}
+
+impl Broker {
+    /// Starts a broker, or returns `None` (saying so) when Tansu is not
+    /// installed and `REQUIRE_KAFKA` is not `1`.
+    pub fn start() -> Option<Broker> {
+        let Some(bin) = tansu_binary() else {
+            assert!(!required("REQUIRE_KAFKA"), "REQUIRE_KAFKA=1 but no Tansu binary (set TANSU_BIN)");
+            eprintln!("SKIPPED Kafka test: no Tansu binary (set TANSU_BIN)");
+            return None;
+        };
+        let port = free_port();
+        let mut broker = Broker { port, child: None };
+        broker.spawn(&bin);
+        Some(broker)
+    }
+
+    fn spawn(&mut self, bin: &PathBuf) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(20));
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (its in-memory data is gone).
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = tansu_binary().expect("tansu");
+        self.spawn(&bin);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The Firestore emulator's `host:port` from `FIRESTORE_EMULATOR_HOST`, or
+/// `None` (saying so) unless `REQUIRE_FIRESTORE=1`.
+pub fn firestore_emulator() -> Option<String> {
+    match std::env::var("FIRESTORE_EMULATOR_HOST") {
+        Ok(host) if !host.is_empty() => Some(host),
+        _ => {
+            assert!(
+                !required("REQUIRE_FIRESTORE"),
+                "REQUIRE_FIRESTORE=1 but FIRESTORE_EMULATOR_HOST is not set"
+            );
+            eprintln!("SKIPPED Firestore test: FIRESTORE_EMULATOR_HOST is not set");
+            None
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// Reads events from an open `text/event-stream` response.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: response.bytes_stream().map(|r| r.map(|b| b.to_vec())).boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments and keep-alives skipped), or `None` when
+    /// `limit` passes first or the stream ends.
+    pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent { event: "message".into(), id: None, data: String::new() };
+                let mut has_data = false;
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        if has_data {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.ok()??;
+            let chunk = chunk.ok()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
