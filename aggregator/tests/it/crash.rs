@@ -40,25 +40,30 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         events.push(chats[c].say(*who, rng.gen_range(1..400), &format!("m{i}")));
     }
 
+    let chat_ids: Vec<Uuid> = chats.iter().map(|c| c.chat_id).collect();
     let brokers = broker.brokers();
     let producing = {
         let events = events.clone();
         let brokers = brokers.clone();
         tokio::spawn(async move {
             let kafka = producer(&brokers);
-            for chunk in events.chunks(50) {
+            for chunk in events.chunks(10) {
                 futures::future::join_all(chunk.iter().map(|e| publish(&kafka, e))).await;
-                tokio::time::sleep(Duration::from_millis(40)).await;
+                tokio::time::sleep(Duration::from_millis(80)).await;
             }
         })
     };
 
     for round in 0..KILLS {
         let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
-        let alive = Duration::from_millis(rng.gen_range(1500..4000));
+        let alive = Duration::from_millis(rng.gen_range(3000..7000));
         tokio::time::sleep(alive).await;
-        eprintln!("round {round}: SIGKILL after {alive:?}");
         aggregator.kill();
+        let mut stored = 0;
+        for c in &chat_ids {
+            stored += batches(&db, *c).await.values().map(|b| b.messages.len()).sum::<usize>();
+        }
+        eprintln!("round {round}: SIGKILL after {alive:?}; {stored} messages in documents so far");
     }
     producing.await.expect("producer");
     let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
