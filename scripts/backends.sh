@@ -52,3 +52,27 @@ ensure_tansu() {
   export TANSU_BIN="$bin"
   echo "Tansu ready: $bin"
 }
+
+# The Firestore emulator (Google Cloud CLI, Java 17) on a free port, stopped
+# when the calling script exits. Exports FIRESTORE_EMULATOR_HOST.
+start_firestore_emulator() {
+  command -v gcloud >/dev/null 2>&1 || die "gcloud (Google Cloud CLI with the Firestore emulator) is not installed"
+  command -v java >/dev/null 2>&1 || die "java is needed by the Firestore emulator"
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  local log="${TMPDIR:-/tmp}/firestore-emulator-$port.log"
+  setsid gcloud emulators firestore start --host-port="127.0.0.1:$port" >"$log" 2>&1 &
+  FIRESTORE_EMULATOR_PGID=$!
+  trap 'kill -TERM -- -"$FIRESTORE_EMULATOR_PGID" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 120); do
+    if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then
+      export FIRESTORE_EMULATOR_HOST="127.0.0.1:$port"
+      echo "Firestore emulator ready at $FIRESTORE_EMULATOR_HOST"
+      return 0
+    fi
+    kill -0 "$FIRESTORE_EMULATOR_PGID" 2>/dev/null || break
+    sleep 1
+  done
+  cat "$log" >&2
+  die "the Firestore emulator did not start (log above)"
+}

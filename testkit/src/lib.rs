@@ -35,7 +35,10 @@ impl Broker {
     /// installed and `REQUIRE_KAFKA` is not `1`.
     pub fn start() -> Option<Broker> {
         let Some(bin) = tansu_binary() else {
-            assert!(!required("REQUIRE_KAFKA"), "REQUIRE_KAFKA=1 but no Tansu binary (set TANSU_BIN)");
+            assert!(
+                !required("REQUIRE_KAFKA"),
+                "REQUIRE_KAFKA=1 but no Tansu binary (set TANSU_BIN)"
+            );
             eprintln!("SKIPPED Kafka test: no Tansu binary (set TANSU_BIN)");
             return None;
         };
@@ -48,7 +51,13 @@ impl Broker {
     fn spawn(&mut self, bin: &PathBuf) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -131,7 +140,10 @@ pub struct SseReader {
 impl SseReader {
     pub fn new(response: reqwest::Response) -> Self {
         Self {
-            body: response.bytes_stream().map(|r| r.map(|b| b.to_vec())).boxed(),
+            body: response
+                .bytes_stream()
+                .map(|r| r.map(|b| b.to_vec()))
+                .boxed(),
             buffer: String::new(),
         }
     }
@@ -143,7 +155,11 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let frame: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent { event: "message".into(), id: None, data: String::new() };
+                let mut event = SseEvent {
+                    event: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
                 let mut has_data = false;
                 for line in frame.lines() {
                     if let Some(v) = line.strip_prefix("event:") {
@@ -163,7 +179,9 @@ impl SseReader {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.ok()??;
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
             let chunk = chunk.ok()?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }

@@ -44,7 +44,10 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout.as_millis().to_string(),
+            )
             .create()
             .context("creating the Kafka consumer")?;
         consumer

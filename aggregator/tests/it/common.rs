@@ -15,11 +15,17 @@ use uuid::Uuid;
 pub const TOPIC: &str = "chat.messages";
 
 pub async fn create_topic(brokers: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
     let results = admin
         .create_topics(
-            [&NewTopic::new(TOPIC, partitions, TopicReplication::Fixed(1))],
+            [&NewTopic::new(
+                TOPIC,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
             &AdminOptions::new(),
         )
         .await
@@ -44,7 +50,10 @@ pub async fn publish(producer: &FutureProducer, event: &MessageCreated) {
     let key = event.chat_id.to_string();
     let payload = event.encode();
     producer
-        .send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(5))
+        .send(
+            FutureRecord::to(TOPIC).key(&key).payload(&payload),
+            Duration::from_secs(5),
+        )
         .await
         .expect("delivered");
 }
@@ -96,7 +105,14 @@ impl AggregatorProcess {
         let port = testkit::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
             .args(["--source", "kafka", "--sink", "firestore"])
-            .args(["--kafka-brokers", brokers, "--kafka-topic", TOPIC, "--kafka-group-id", "aggregator-test"])
+            .args([
+                "--kafka-brokers",
+                brokers,
+                "--kafka-topic",
+                TOPIC,
+                "--kafka-group-id",
+                "aggregator-test",
+            ])
             .args(["--kafka-session-timeout-ms", "6000"])
             .args(["--firestore-project-id", project])
             .args(["--flush-interval-ms", &flush_ms.to_string()])
@@ -122,7 +138,10 @@ impl AggregatorProcess {
 
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().expect("wait")
     }
 
@@ -168,7 +187,12 @@ pub async fn batches(db: &FirestoreDb, chat: Uuid) -> BTreeMap<i64, FsBatch> {
 }
 
 /// Waits until the chat's documents hold `want` messages in all.
-pub async fn wait_for_messages(db: &FirestoreDb, chat: Uuid, want: usize, limit: Duration) -> BTreeMap<i64, FsBatch> {
+pub async fn wait_for_messages(
+    db: &FirestoreDb,
+    chat: Uuid,
+    want: usize,
+    limit: Duration,
+) -> BTreeMap<i64, FsBatch> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let docs = batches(db, chat).await;

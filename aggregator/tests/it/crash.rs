@@ -8,7 +8,9 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-use crate::common::{batches, create_topic, firestore, producer, publish, AggregatorProcess, Conversation};
+use crate::common::{
+    batches, create_topic, firestore, producer, publish, AggregatorProcess, Conversation,
+};
 
 const CHATS: usize = 24;
 const MESSAGES: usize = 3000;
@@ -16,7 +18,8 @@ const KILLS: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
-    let (Some(_emulator), Some(broker)) = (testkit::firestore_emulator(), testkit::Broker::start()) else {
+    let (Some(_emulator), Some(broker)) = (testkit::firestore_emulator(), testkit::Broker::start())
+    else {
         return;
     };
     let project = format!("crash-{}", Uuid::new_v4().simple());
@@ -61,7 +64,11 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         aggregator.kill();
         let mut stored = 0;
         for c in &chat_ids {
-            stored += batches(&db, *c).await.values().map(|b| b.messages.len()).sum::<usize>();
+            stored += batches(&db, *c)
+                .await
+                .values()
+                .map(|b| b.messages.len())
+                .sum::<usize>();
         }
         eprintln!("round {round}: SIGKILL after {alive:?}; {stored} messages in documents so far");
     }
@@ -77,7 +84,11 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     loop {
         let mut complete = true;
         for (chat, ids) in &expected {
-            let have: usize = batches(&db, *chat).await.values().map(|b| b.messages.len()).sum();
+            let have: usize = batches(&db, *chat)
+                .await
+                .values()
+                .map(|b| b.messages.len())
+                .sum();
             if have < ids.len() {
                 complete = false;
                 break;
@@ -94,13 +105,25 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         let docs = batches(&db, *chat).await;
         let stored: Vec<Uuid> = docs
             .values()
-            .flat_map(|b| b.messages.iter().map(|m| m.id.parse::<Uuid>().expect("uuid")))
+            .flat_map(|b| {
+                b.messages
+                    .iter()
+                    .map(|m| m.id.parse::<Uuid>().expect("uuid"))
+            })
             .collect();
         let unique: HashSet<&Uuid> = stored.iter().collect();
-        assert_eq!(unique.len(), stored.len(), "chat {chat}: a message is in two batches");
+        assert_eq!(
+            unique.len(),
+            stored.len(),
+            "chat {chat}: a message is in two batches"
+        );
         assert_eq!(&stored, ids, "chat {chat}: missing or out of order");
         let seqs: Vec<i64> = docs.keys().copied().collect();
-        assert_eq!(seqs, (1..=docs.len() as i64).collect::<Vec<_>>(), "chat {chat}: seq gap");
+        assert_eq!(
+            seqs,
+            (1..=docs.len() as i64).collect::<Vec<_>>(),
+            "chat {chat}: seq gap"
+        );
         for b in docs.values() {
             assert_eq!(b.id, b.messages[0].id, "batch id is its first message");
             assert_eq!(b.count as usize, b.messages.len());

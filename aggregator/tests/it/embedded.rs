@@ -29,16 +29,26 @@ where
     F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    Server { addr, stop: Some(tx), task: tokio::spawn(run(rx)) }
+    Server {
+        addr,
+        stop: Some(tx),
+        task: tokio::spawn(run(rx)),
+    }
 }
 
 async fn start_aggregator(dir: PathBuf) -> Server {
     let mut config = aggregator::Config::embedded(dir);
     config.flush_interval_ms = 300;
     config.embedded_poll_ms = 5;
-    let app = aggregator::App::build(config, None).await.expect("aggregator");
+    let app = aggregator::App::build(config, None)
+        .await
+        .expect("aggregator");
     let addr = app.local_addr();
-    spawn_server(addr, move |rx| app.run_until_stopped(async move { let _ = rx.await; }))
+    spawn_server(addr, move |rx| {
+        app.run_until_stopped(async move {
+            let _ = rx.await;
+        })
+    })
 }
 
 struct Stack {
@@ -59,21 +69,52 @@ impl Stack {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().to_path_buf();
-        let auth = auth_service::App::build(auth_service::Config::embedded(&path)).await.expect("auth");
-        let auth = spawn_server(auth.local_addr(), move |rx| auth.run_until_stopped(async move { let _ = rx.await; }));
+        let auth = auth_service::App::build(auth_service::Config::embedded(&path))
+            .await
+            .expect("auth");
+        let auth = spawn_server(auth.local_addr(), move |rx| {
+            auth.run_until_stopped(async move {
+                let _ = rx.await;
+            })
+        });
         let mut chat_config = chat_service::Config::embedded(&path);
         chat_config.auth_url = format!("http://{}", auth.addr);
         let chat = chat_service::App::build(chat_config).await.expect("chat");
-        let chat = spawn_server(chat.local_addr(), move |rx| chat.run_until_stopped(async move { let _ = rx.await; }));
+        let chat = spawn_server(chat.local_addr(), move |rx| {
+            chat.run_until_stopped(async move {
+                let _ = rx.await;
+            })
+        });
         let agg = start_aggregator(path.clone()).await;
-        Self { _dir: dir, dir: path, auth, chat, agg, http: reqwest::Client::new() }
+        Self {
+            _dir: dir,
+            dir: path,
+            auth,
+            chat,
+            agg,
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn user(&self, name: &str) -> User {
         let body = json!({"username": name, "password": "password123"});
         let base = format!("http://{}", self.auth.addr);
-        self.http.post(format!("{base}/users")).json(&body).send().await.expect("register");
-        let login: Value = self.http.post(format!("{base}/login")).json(&body).send().await.expect("login").json().await.expect("json");
+        self.http
+            .post(format!("{base}/users"))
+            .json(&body)
+            .send()
+            .await
+            .expect("register");
+        let login: Value = self
+            .http
+            .post(format!("{base}/login"))
+            .json(&body)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
         User {
             id: login["user"]["id"].as_str().expect("id").to_owned(),
             token: login["access_token"].as_str().expect("token").to_owned(),
@@ -81,20 +122,43 @@ impl Stack {
     }
 
     async fn chat_between(&self, a: &User, b: &User) -> String {
-        let r: Value = self.http.post(format!("http://{}/chats", self.chat.addr)).bearer_auth(&a.token)
-            .json(&json!({"user_id": b.id})).send().await.expect("chat").json().await.expect("json");
+        let r: Value = self
+            .http
+            .post(format!("http://{}/chats", self.chat.addr))
+            .bearer_auth(&a.token)
+            .json(&json!({"user_id": b.id}))
+            .send()
+            .await
+            .expect("chat")
+            .json()
+            .await
+            .expect("json");
         r["id"].as_str().expect("id").to_owned()
     }
 
     async fn send(&self, chat: &str, from: &User, text: &str) -> Value {
-        let r = self.http.post(format!("http://{}/chat/{chat}/messages", self.chat.addr)).bearer_auth(&from.token)
-            .json(&json!({"text": text})).send().await.expect("send");
+        let r = self
+            .http
+            .post(format!("http://{}/chat/{chat}/messages", self.chat.addr))
+            .bearer_auth(&from.token)
+            .json(&json!({"text": text}))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status(), 201);
         r.json().await.expect("json")
     }
 
-    async fn stream(&self, chat: &str, user: &User, last_event_id: Option<&str>) -> reqwest::Response {
-        let mut req = self.http.get(format!("http://{}/chat/{chat}/stream", self.agg.addr)).bearer_auth(&user.token);
+    async fn stream(
+        &self,
+        chat: &str,
+        user: &User,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .get(format!("http://{}/chat/{chat}/stream", self.agg.addr))
+            .bearer_auth(&user.token);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
@@ -107,10 +171,17 @@ fn doc(e: &SseEvent) -> Value {
 }
 
 /// Reads events until one satisfies `want`.
-async fn until(reader: &mut SseReader, limit: Duration, want: impl Fn(&SseEvent) -> bool) -> Vec<SseEvent> {
+async fn until(
+    reader: &mut SseReader,
+    limit: Duration,
+    want: impl Fn(&SseEvent) -> bool,
+) -> Vec<SseEvent> {
     let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
-    while let Some(e) = reader.next(deadline.saturating_duration_since(Instant::now())).await {
+    while let Some(e) = reader
+        .next(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
         let done = want(&e);
         seen.push(e);
         if done {
@@ -123,29 +194,47 @@ async fn until(reader: &mut SseReader, limit: Duration, want: impl Fn(&SseEvent)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_stream_live_resume_and_survive_a_restart() {
     let s = Stack::start().await;
-    let (alice, bob, mallory) = (s.user("alice").await, s.user("bob").await, s.user("mallory").await);
+    let (alice, bob, mallory) = (
+        s.user("alice").await,
+        s.user("bob").await,
+        s.user("mallory").await,
+    );
     let chat = s.chat_between(&alice, &bob).await;
 
     // Participants only.
     assert_eq!(s.stream(&chat, &mallory, None).await.status(), 404);
-    let anonymous = s.http.get(format!("http://{}/chat/{chat}/stream", s.agg.addr)).send().await.expect("get");
+    let anonymous = s
+        .http
+        .get(format!("http://{}/chat/{chat}/stream", s.agg.addr))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(anonymous.status(), 401);
 
     let r = s.stream(&chat, &bob, None).await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().expect("ascii").starts_with("text/event-stream"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/event-stream"));
     let mut bob_stream = SseReader::new(r);
 
     // A new batch reaches the other participant within 100 ms.
     let sent = s.send(&chat, &alice, "hi bob").await;
     let acked = Instant::now();
-    let events = until(&mut bob_stream, Duration::from_secs(2), |e| e.event == "added").await;
+    let events = until(&mut bob_stream, Duration::from_secs(2), |e| {
+        e.event == "added"
+    })
+    .await;
     let latency = acked.elapsed();
     eprintln!("send → SSE latency: {latency:?}");
     assert!(latency < Duration::from_millis(100), "{latency:?}");
     let first = doc(events.last().expect("event"));
     assert_eq!(first["id"], sent["id"]);
-    assert_eq!((first["seq"].as_u64(), first["count"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (first["seq"].as_u64(), first["count"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(first["messages"][0]["text"], "hi bob");
     assert_eq!(first["sender_id"], alice.id.as_str());
     assert_eq!(first["closed"], false);
@@ -153,7 +242,10 @@ async fn batches_stream_live_resume_and_survive_a_restart() {
     // Growth arrives as one coalesced modification.
     s.send(&chat, &alice, "two").await;
     s.send(&chat, &alice, "three").await;
-    let events = until(&mut bob_stream, Duration::from_secs(3), |e| e.event == "modified" && doc(e)["count"] == 3).await;
+    let events = until(&mut bob_stream, Duration::from_secs(3), |e| {
+        e.event == "modified" && doc(e)["count"] == 3
+    })
+    .await;
     let last_id = events.last().and_then(|e| e.id.clone()).expect("event id");
     drop(bob_stream);
 
@@ -167,11 +259,17 @@ async fn batches_stream_live_resume_and_survive_a_restart() {
     let mut latest: std::collections::BTreeMap<u64, Value> = Default::default();
     let events = until(&mut resumed, Duration::from_secs(3), |e| doc(e)["seq"] == 3).await;
     for e in &events {
-        assert!(e.id.as_deref().expect("id").parse::<i64>().expect("number") > last_id.parse::<i64>().expect("number"));
+        assert!(
+            e.id.as_deref().expect("id").parse::<i64>().expect("number")
+                > last_id.parse::<i64>().expect("number")
+        );
         let d = doc(e);
         latest.insert(d["seq"].as_u64().expect("seq"), d);
     }
-    assert_eq!(latest[&1]["closed"], true, "the first batch was closed by the reply");
+    assert_eq!(
+        latest[&1]["closed"], true,
+        "the first batch was closed by the reply"
+    );
     assert_eq!(latest[&1]["count"], 3);
     assert_eq!(latest[&2]["messages"][0]["text"], "hello alice");
 
@@ -179,23 +277,54 @@ async fn batches_stream_live_resume_and_survive_a_restart() {
     let mut fresh = SseReader::new(s.stream(&chat, &alice, None).await);
     let mut snapshot = Vec::new();
     for _ in 0..3 {
-        let e = fresh.next(Duration::from_secs(2)).await.expect("snapshot event");
+        let e = fresh
+            .next(Duration::from_secs(2))
+            .await
+            .expect("snapshot event");
         assert_eq!(e.event, "added");
         snapshot.push(doc(&e));
     }
-    assert_eq!(snapshot.iter().map(|d| d["seq"].as_u64().expect("seq")).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        snapshot
+            .iter()
+            .map(|d| d["seq"].as_u64().expect("seq"))
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert_eq!(snapshot[0], latest[&1]);
 
     // Restart the aggregator: the open batch continues, nothing repeats.
-    let Stack { _dir, dir, auth, chat: chat_server, agg, http } = s;
+    let Stack {
+        _dir,
+        dir,
+        auth,
+        chat: chat_server,
+        agg,
+        http,
+    } = s;
     agg.stop().await;
     let agg = start_aggregator(dir.clone()).await;
-    let s = Stack { _dir, dir, auth, chat: chat_server, agg, http };
+    let s = Stack {
+        _dir,
+        dir,
+        auth,
+        chat: chat_server,
+        agg,
+        http,
+    };
     s.send(&chat, &alice, "after restart").await;
     let mut after = SseReader::new(s.stream(&chat, &alice, None).await);
-    let events = until(&mut after, Duration::from_secs(3), |e| doc(e)["seq"] == 3 && doc(e)["count"] == 2).await;
+    let events = until(&mut after, Duration::from_secs(3), |e| {
+        doc(e)["seq"] == 3 && doc(e)["count"] == 2
+    })
+    .await;
     let third = doc(events.last().expect("event"));
-    let texts: Vec<&str> = third["messages"].as_array().expect("messages").iter().map(|m| m["text"].as_str().expect("text")).collect();
+    let texts: Vec<&str> = third["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text"))
+        .collect();
     assert_eq!(texts, ["back to me", "after restart"]);
     s.agg.stop().await;
     s.chat.stop().await;

@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::common::{create_topic, firestore, producer, publish, wait_for_messages, AggregatorProcess, Conversation};
+use crate::common::{
+    create_topic, firestore, producer, publish, wait_for_messages, AggregatorProcess, Conversation,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_become_batch_documents_and_bursts_cost_few_writes() {
-    let (Some(_emulator), Some(broker)) = (testkit::firestore_emulator(), testkit::Broker::start()) else {
+    let (Some(_emulator), Some(broker)) = (testkit::firestore_emulator(), testkit::Broker::start())
+    else {
         return;
     };
     let project = format!("test-{}", Uuid::new_v4().simple());
@@ -30,11 +33,22 @@ async fn messages_become_batch_documents_and_bursts_cost_few_writes() {
     let docs = wait_for_messages(&db, chat.chat_id, sent.len(), Duration::from_secs(30)).await;
     assert_eq!(docs.len(), 3, "{docs:#?}");
     let first = &docs[&1];
-    assert_eq!(first.id, sent[0].id.to_string(), "batch id = first message id");
+    assert_eq!(
+        first.id,
+        sent[0].id.to_string(),
+        "batch id = first message id"
+    );
     assert_eq!(first.sender_id, chat.users[0].to_string());
     assert_eq!(first.count, 2);
     assert!(first.closed);
-    assert_eq!(first.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["hi", "are you there?"]);
+    assert_eq!(
+        first
+            .messages
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>(),
+        ["hi", "are you there?"]
+    );
     assert_eq!(first.first_message_id, sent[0].id.to_string());
     assert_eq!(first.last_message_id, sent[1].id.to_string());
     assert!(first.expire_at > first.last_at);
@@ -43,17 +57,33 @@ async fn messages_become_batch_documents_and_bursts_cost_few_writes() {
     let mut expected: Vec<String> = chat.users.iter().map(Uuid::to_string).collect();
     expected.sort();
     assert_eq!(participants, expected);
-    assert_eq!((docs[&2].sender_id.clone(), docs[&2].count, docs[&2].closed), (chat.users[1].to_string(), 1, true));
+    assert_eq!(
+        (docs[&2].sender_id.clone(), docs[&2].count, docs[&2].closed),
+        (chat.users[1].to_string(), 1, true)
+    );
     assert_eq!((docs[&3].count, docs[&3].closed), (1, false));
-    let summary: Option<aggregator::sink::firestore::FsSummary> =
-        db.fluent().select().by_id_in("chats").obj().one(chat.chat_id.to_string()).await.expect("summary");
+    let summary: Option<aggregator::sink::firestore::FsSummary> = db
+        .fluent()
+        .select()
+        .by_id_in("chats")
+        .obj()
+        .one(chat.chat_id.to_string())
+        .await
+        .expect("summary");
     let summary = summary.expect("chat summary document");
-    assert_eq!((summary.last_batch_seq, summary.last_batch_id.clone()), (3, sent[3].id.to_string()));
+    assert_eq!(
+        (summary.last_batch_seq, summary.last_batch_id.clone()),
+        (3, sent[3].id.to_string())
+    );
 
     // A burst: 50 messages from one sender within a second.
     let mut burst = Conversation::new();
-    let before = aggregator.metric("aggregator_documents_written_total").await;
-    let events: Vec<_> = (0..50).map(|i| burst.say(0, 15, &format!("burst {i}"))).collect();
+    let before = aggregator
+        .metric("aggregator_documents_written_total")
+        .await;
+    let events: Vec<_> = (0..50)
+        .map(|i| burst.say(0, 15, &format!("burst {i}")))
+        .collect();
     let started = std::time::Instant::now();
     for e in &events {
         publish(&kafka, e).await;
@@ -61,9 +91,18 @@ async fn messages_become_batch_documents_and_bursts_cost_few_writes() {
     assert!(started.elapsed() < Duration::from_secs(2));
     let docs = wait_for_messages(&db, burst.chat_id, 50, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the last flush land
-    let written = aggregator.metric("aggregator_documents_written_total").await - before;
-    eprintln!("burst of 50 messages: {written} document writes, {} batch documents", docs.len());
-    assert!(written <= 8.0, "{written} document writes for a 50-message burst");
+    let written = aggregator
+        .metric("aggregator_documents_written_total")
+        .await
+        - before;
+    eprintln!(
+        "burst of 50 messages: {written} document writes, {} batch documents",
+        docs.len()
+    );
+    assert!(
+        written <= 8.0,
+        "{written} document writes for a 50-message burst"
+    );
     assert_eq!(docs.values().map(|b| b.messages.len()).sum::<usize>(), 50);
     assert!(aggregator.stop().success(), "graceful shutdown");
 }
