@@ -138,8 +138,8 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub chat_id: Uuid,
-    /// The batch closed by this write's new batch, if any (written first).
-    pub closing: Option<Batch>,
+    /// Batches closed since the last write, oldest first (written first).
+    pub closing: Vec<Batch>,
     pub batch: Batch,
     /// Present when `batch` is new (the summary points at the newest batch).
     pub summary: Option<Summary>,
@@ -150,7 +150,7 @@ pub struct Write {
 impl Write {
     /// Documents this write touches.
     pub fn documents(&self) -> usize {
-        1 + usize::from(self.closing.is_some()) + usize::from(self.summary.is_some())
+        1 + self.closing.len() + usize::from(self.summary.is_some())
     }
 }
 
@@ -168,8 +168,9 @@ pub enum Applied {
 struct ChatState {
     /// The newest batch (open, or closed by a size limit).
     current: Option<Batch>,
-    /// A batch closed by `current` whose final state is not written yet.
-    closing: Option<Batch>,
+    /// Batches closed since the last write whose final state is not
+    /// written yet (oldest first).
+    closing: Vec<Batch>,
     /// `current` has never been written.
     is_new: bool,
     /// `current` (or `closing`) has changes not written yet.
@@ -232,8 +233,8 @@ impl Batcher {
         if let Some(b) = &state.current {
             let replayed =
                 position.partition == b.last_position.partition && position <= b.last_position;
-            let republished = b.contains(event.id)
-                || state.closing.as_ref().is_some_and(|c| c.contains(event.id));
+            let republished =
+                b.contains(event.id) || state.closing.iter().any(|c| c.contains(event.id));
             if replayed || republished {
                 return Applied::Duplicate;
             }
@@ -262,7 +263,7 @@ impl Batcher {
             // or still holds unwritten messages.
             if !previous.closed || had_pending {
                 previous.closed = true;
-                state.closing = Some(previous);
+                state.closing.push(previous);
             }
         }
         let batch = Batch {
@@ -324,7 +325,7 @@ impl Batcher {
         });
         let write = Write {
             chat_id: chat,
-            closing: state.closing.take(),
+            closing: std::mem::take(&mut state.closing),
             batch,
             summary,
             covers: std::mem::take(&mut state.pending),
@@ -448,17 +449,14 @@ mod tests {
         assert_eq!(b.apply(&m1, p1), Applied::Started);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
         assert_eq!(
-            (w.batch.seq, w.batch.count(), w.closing.is_none()),
+            (w.batch.seq, w.batch.count(), w.closing.is_empty()),
             (1, 1, true)
         );
         assert!(w.summary.is_some(), "a new batch updates the summary");
         let (m2, p2) = chat.msg(1, 10, "hello");
         assert_eq!(b.apply(&m2, p2), Applied::Started);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
-        let closing = w
-            .closing
-            .clone()
-            .expect("the previous batch is closed in the same write");
+        let closing = w.closing[0].clone();
         assert!(closing.closed);
         assert_eq!(closing.batch_id, m1.id);
         assert_eq!(
@@ -466,6 +464,21 @@ mod tests {
             (2, m2.id, false)
         );
         assert_eq!(w.documents(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_switches_before_a_write_close_every_batch() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        for (i, who) in [0, 1, 0].into_iter().enumerate() {
+            let (m, p) = chat.msg(who, i as i64, "x");
+            assert_eq!(b.apply(&m, p), Applied::Started);
+        }
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        let closed: Vec<(u64, bool)> = w.closing.iter().map(|c| (c.seq, c.closed)).collect();
+        assert_eq!(closed, [(1, true), (2, true)]);
+        assert_eq!(w.batch.seq, 3);
+        assert_eq!(w.summary.map(|s| s.last_batch_seq), Some(3));
     }
 
     #[tokio::test(start_paused = true)]
@@ -508,7 +521,7 @@ mod tests {
         assert_eq!(b.apply(&m, p), Applied::Started);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
         assert!(
-            w.closing.is_none(),
+            w.closing.is_empty(),
             "already written closed: no extra write"
         );
         assert_eq!(w.batch.seq, 2);

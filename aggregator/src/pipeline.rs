@@ -2,9 +2,13 @@
 //!
 //! - Each record is applied to the batcher (the chat's state is first
 //!   restored from the sink if this process has not seen the chat yet).
-//! - A new batch is written at once; growth is written when due (at most one
-//!   write per document per flush interval); everything pending is written
-//!   at shutdown.
+//!   Records already waiting in the source are applied together (up to
+//!   [`DRAIN`]), so one write can carry several of them.
+//! - A new batch is written at once (after that drain); growth is written
+//!   when due (at most one write per document per flush interval);
+//!   everything pending is written at shutdown. Writes for different chats
+//!   run concurrently (up to [`CONCURRENT_WRITES`]); one chat's writes never
+//!   overlap.
 //! - Progress is committed to the source only below the lowest position
 //!   whose effect is not yet written, so a crash at any moment replays from
 //!   there and the batcher drops what the documents already hold.
@@ -23,6 +27,10 @@ use crate::sink::{Sink, SinkError};
 use crate::source::{Delivery, Source};
 
 const TICK: Duration = Duration::from_millis(50);
+/// Records applied before the writes they made due are sent.
+pub const DRAIN: usize = 512;
+/// Sink writes in flight at once (each for a different chat).
+pub const CONCURRENT_WRITES: usize = 16;
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -68,19 +76,37 @@ impl Pipeline {
                         }
                     }
                 }
-                delivery = self.source.next() => self.handle(delivery?).await?,
+                delivery = self.source.next() => {
+                    let mut urgent = Vec::new();
+                    self.handle(delivery?, &mut urgent).await?;
+                    // Whatever else is already waiting joins this round.
+                    for _ in 1..DRAIN {
+                        match futures::FutureExt::now_or_never(self.source.next()) {
+                            Some(delivery) => self.handle(delivery?, &mut urgent).await?,
+                            None => break,
+                        }
+                    }
+                    let now = Instant::now();
+                    let writes = urgent.into_iter().filter_map(|chat| self.batcher.take_write(chat, now)).collect();
+                    self.write_all(writes).await?;
+                }
             }
         }
         tracing::info!("aggregator draining");
-        for write in self.batcher.take_all(Instant::now()) {
-            self.write(write).await?;
-        }
+        let writes = self.batcher.take_all(Instant::now());
+        self.write_all(writes).await?;
         self.source.close(&self.batcher.uncovered()).await?;
         tracing::info!("aggregator stopped");
         Ok(())
     }
 
-    async fn handle(&mut self, delivery: Delivery) -> Result<(), PipelineError> {
+    /// Applies one record; a chat whose new batch must be written at once
+    /// is added to `urgent`.
+    async fn handle(
+        &mut self,
+        delivery: Delivery,
+        urgent: &mut Vec<uuid::Uuid>,
+    ) -> Result<(), PipelineError> {
         let (event, position) = match delivery {
             Delivery::Event(event, position) => (event, position),
             Delivery::Undecodable(position, why) => {
@@ -110,8 +136,8 @@ impl Pipeline {
             Applied::Appended => {}
             Applied::Started => {
                 metrics::counter!("aggregator_batches_started_total").increment(1);
-                if let Some(write) = self.batcher.take_write(event.chat_id, Instant::now()) {
-                    self.write(write).await?;
+                if !urgent.contains(&event.chat_id) {
+                    urgent.push(event.chat_id);
                 }
             }
         }
@@ -120,23 +146,28 @@ impl Pipeline {
 
     async fn flush_due(&mut self) -> Result<(), PipelineError> {
         let now = Instant::now();
-        for chat in self.batcher.due(now) {
-            if let Some(write) = self.batcher.take_write(chat, now) {
-                self.write(write).await?;
-            }
-        }
-        Ok(())
+        let writes = self
+            .batcher
+            .due(now)
+            .into_iter()
+            .filter_map(|chat| self.batcher.take_write(chat, now))
+            .collect();
+        self.write_all(writes).await
     }
 
-    async fn write(&mut self, write: Write) -> Result<(), PipelineError> {
-        let documents = self
-            .retry(|sink| {
-                let write = write.clone();
-                async move { sink.write(&write).await }
+    /// Stores the writes (one per chat) concurrently; returns when all are
+    /// stored, or at the first stale refusal.
+    async fn write_all(&self, writes: Vec<Write>) -> Result<(), PipelineError> {
+        use futures::StreamExt;
+        let mut results = futures::stream::iter(writes)
+            .map(|write| {
+                let sink = self.sink.clone();
+                async move { write_one(sink, write).await }
             })
-            .await?;
-        metrics::counter!("aggregator_writes_total").increment(1);
-        metrics::counter!("aggregator_documents_written_total").increment(documents as u64);
+            .buffer_unordered(CONCURRENT_WRITES);
+        while let Some(result) = results.next().await {
+            result?;
+        }
         Ok(())
     }
 
@@ -146,9 +177,30 @@ impl Pipeline {
         F: Fn(Arc<dyn Sink>) -> Fut,
         Fut: Future<Output = Result<T, SinkError>>,
     {
+        retry(self.sink.clone(), op).await
+    }
+}
+
+async fn write_one(sink: Arc<dyn Sink>, write: Write) -> Result<(), PipelineError> {
+    let documents = retry(sink, |sink| {
+        let write = write.clone();
+        async move { sink.write(&write).await }
+    })
+    .await?;
+    metrics::counter!("aggregator_writes_total").increment(1);
+    metrics::counter!("aggregator_documents_written_total").increment(documents as u64);
+    Ok(())
+}
+
+async fn retry<T, F, Fut>(sink: Arc<dyn Sink>, op: F) -> Result<T, PipelineError>
+where
+    F: Fn(Arc<dyn Sink>) -> Fut,
+    Fut: Future<Output = Result<T, SinkError>>,
+{
+    {
         let mut delay = Duration::from_millis(100);
         loop {
-            match op(self.sink.clone()).await {
+            match op(sink.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(stale @ SinkError::Stale(_)) => return Err(PipelineError::Stale(stale)),
                 Err(SinkError::Unavailable(e)) => {

@@ -150,6 +150,20 @@ impl FirestoreSink {
     }
 }
 
+/// Whether the transaction failed on our [`StaleMarker`] (the crate may wrap
+/// it in more than one transaction-error layer).
+fn is_stale(e: &firestore::errors::FirestoreError) -> bool {
+    match e {
+        firestore::errors::FirestoreError::ErrorInTransaction(t) => {
+            t.source.downcast_ref::<StaleMarker>().is_some()
+                || t.source
+                    .downcast_ref::<firestore::errors::FirestoreError>()
+                    .is_some_and(is_stale)
+        }
+        _ => false,
+    }
+}
+
 /// Whether the stored document is further along than `new` (same batch).
 fn stored_is_newer(stored: &FsBatch, new: &FsBatch) -> bool {
     stored.count > new.count || (stored.count == new.count && stored.closed && !new.closed)
@@ -249,11 +263,7 @@ impl Sink for FirestoreSink {
             .await;
         match result {
             Ok(documents) => Ok(documents),
-            Err(firestore::errors::FirestoreError::ErrorInTransaction(e))
-                if e.source.downcast_ref::<StaleMarker>().is_some() =>
-            {
-                Err(SinkError::Stale(w.chat_id))
-            }
+            Err(e) if is_stale(&e) => Err(SinkError::Stale(w.chat_id)),
             Err(e) => Err(unavailable(e)),
         }
     }

@@ -10,3 +10,4 @@ mod common;
 mod crash;
 mod embedded;
 mod firestore;
+mod sinks;

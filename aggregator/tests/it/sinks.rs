@@ -1,0 +1,162 @@
+//! One suite for both sinks: the embedded store always, Firestore against
+//! the emulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aggregator::batcher::{Batch, BatchMessage, Position, Summary, Write};
+use aggregator::sink::embedded::EmbeddedSink;
+use aggregator::sink::firestore::FirestoreSink;
+use aggregator::sink::{Sink, SinkError};
+use chat_events::TimeUuidGenerator;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn batch(chat: Uuid, seq: u64, count: usize, closed: bool, ids: &TimeUuidGenerator) -> Batch {
+    let sender = Uuid::new_v4();
+    // Whole microseconds: what Firestore keeps.
+    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+    Batch {
+        chat_id: chat,
+        batch_id: Uuid::nil(),
+        seq,
+        participants: [sender, Uuid::new_v4()],
+        sender_id: sender,
+        messages: (0..count)
+            .map(|i| BatchMessage {
+                id: ids.next().uuid(),
+                text: format!("m{i}"),
+                sent_at: t0 + time::Duration::milliseconds(i as i64),
+            })
+            .collect(),
+        closed,
+        last_position: Position {
+            partition: 0,
+            offset: seq as i64 * 100 + count as i64,
+        },
+    }
+    .with_first_id()
+}
+
+trait WithFirstId {
+    fn with_first_id(self) -> Self;
+}
+
+impl WithFirstId for Batch {
+    fn with_first_id(mut self) -> Self {
+        self.batch_id = self.messages[0].id;
+        self
+    }
+}
+
+fn grown(b: &Batch, by: usize, ids: &TimeUuidGenerator) -> Batch {
+    let mut next = b.clone();
+    for i in 0..by {
+        let last = next.last().sent_at;
+        next.messages.push(BatchMessage {
+            id: ids.next().uuid(),
+            text: format!("more {i}"),
+            sent_at: last + time::Duration::milliseconds(1),
+        });
+    }
+    next.last_position.offset += by as i64;
+    next
+}
+
+fn write(batch: &Batch, closing: Option<&Batch>, new: bool) -> Write {
+    Write {
+        chat_id: batch.chat_id,
+        closing: closing.into_iter().cloned().collect(),
+        batch: batch.clone(),
+        summary: new.then(|| Summary {
+            chat_id: batch.chat_id,
+            participants: batch.participants,
+            last_batch_id: batch.batch_id,
+            last_batch_seq: batch.seq,
+            last_sender_id: batch.sender_id,
+            last_activity: batch.last().sent_at,
+        }),
+        covers: vec![batch.last_position],
+    }
+}
+
+async fn suite(sink: Arc<dyn Sink>) {
+    let ids = TimeUuidGenerator::new();
+    let chat = Uuid::new_v4();
+    assert_eq!(sink.newest_batch(chat).await.expect("read"), None);
+
+    let first = batch(chat, 1, 2, false, &ids);
+    assert_eq!(
+        sink.write(&write(&first, None, true)).await.expect("write"),
+        2,
+        "batch + summary"
+    );
+    assert_eq!(
+        sink.newest_batch(chat).await.expect("read"),
+        Some(first.clone())
+    );
+
+    // Unchanged documents are not rewritten.
+    assert_eq!(
+        sink.write(&write(&first, None, false))
+            .await
+            .expect("write"),
+        0
+    );
+
+    let bigger = grown(&first, 3, &ids);
+    assert_eq!(
+        sink.write(&write(&bigger, None, false))
+            .await
+            .expect("write"),
+        1
+    );
+    // The older state must not overwrite the newer one.
+    match sink.write(&write(&first, None, false)).await {
+        Err(SinkError::Stale(c)) => assert_eq!(c, chat),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        sink.newest_batch(chat).await.expect("read"),
+        Some(bigger.clone())
+    );
+
+    // Closing one batch and starting the next is one write of 3 documents.
+    let mut closed = bigger.clone();
+    closed.closed = true;
+    let second = batch(chat, 2, 1, false, &ids);
+    assert_eq!(
+        sink.write(&write(&second, Some(&closed), true))
+            .await
+            .expect("write"),
+        3
+    );
+    assert_eq!(sink.newest_batch(chat).await.expect("read"), Some(second));
+    // Un-closing is going backwards too.
+    assert!(matches!(
+        sink.write(&write(&bigger, None, false)).await,
+        Err(SinkError::Stale(_))
+    ));
+    sink.ping().await.expect("ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = EmbeddedSink::open(dir.path(), TTL).await.expect("open");
+    suite(Arc::new(sink)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firestore_sink() {
+    if testkit::firestore_emulator().is_none() {
+        return;
+    }
+    let project = format!("sinks-{}", Uuid::new_v4().simple());
+    let sink = FirestoreSink::connect(&project, TTL)
+        .await
+        .expect("connect");
+    suite(Arc::new(sink)).await;
+}
