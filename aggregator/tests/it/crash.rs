@@ -76,7 +76,7 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
 
     // Wait for everything, then check every chat.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     let expected: HashMap<Uuid, Vec<Uuid>> = events.iter().fold(HashMap::new(), |mut m, e| {
         m.entry(e.chat_id).or_default().push(e.id);
         m
