@@ -45,6 +45,23 @@ pub struct Pipeline {
     source: Box<dyn Source>,
     sink: Arc<dyn Sink>,
     batcher: Batcher,
+    counts: Arc<Counts>,
+}
+
+/// This process's totals, for the documents-per-message gauge.
+#[derive(Default)]
+struct Counts {
+    messages: std::sync::atomic::AtomicU64,
+    documents: std::sync::atomic::AtomicU64,
+}
+
+impl Counts {
+    fn add_documents(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let documents = self.documents.fetch_add(n, Relaxed) + n;
+        let messages = self.messages.load(Relaxed).max(1);
+        metrics::gauge!("aggregator_documents_per_message").set(documents as f64 / messages as f64);
+    }
 }
 
 impl Pipeline {
@@ -53,6 +70,7 @@ impl Pipeline {
             source,
             sink,
             batcher: Batcher::new(limits),
+            counts: Arc::default(),
         }
     }
 
@@ -120,6 +138,9 @@ impl Pipeline {
             }
         };
         metrics::counter!("aggregator_messages_in_total").increment(1);
+        self.counts
+            .messages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.batcher.knows(event.chat_id) {
             let newest = self
                 .retry(|sink| {
@@ -161,8 +182,8 @@ impl Pipeline {
         use futures::StreamExt;
         let mut results = futures::stream::iter(writes)
             .map(|write| {
-                let sink = self.sink.clone();
-                async move { write_one(sink, write).await }
+                let (sink, counts) = (self.sink.clone(), self.counts.clone());
+                async move { write_one(sink, counts, write).await }
             })
             .buffer_unordered(CONCURRENT_WRITES);
         while let Some(result) = results.next().await {
@@ -181,7 +202,11 @@ impl Pipeline {
     }
 }
 
-async fn write_one(sink: Arc<dyn Sink>, write: Write) -> Result<(), PipelineError> {
+async fn write_one(
+    sink: Arc<dyn Sink>,
+    counts: Arc<Counts>,
+    write: Write,
+) -> Result<(), PipelineError> {
     let documents = retry(sink, |sink| {
         let write = write.clone();
         async move { sink.write(&write).await }
@@ -189,6 +214,7 @@ async fn write_one(sink: Arc<dyn Sink>, write: Write) -> Result<(), PipelineErro
     .await?;
     metrics::counter!("aggregator_writes_total").increment(1);
     metrics::counter!("aggregator_documents_written_total").increment(documents as u64);
+    counts.add_documents(documents as u64);
     Ok(())
 }
 
