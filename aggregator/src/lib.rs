@@ -18,4 +18,4 @@ pub mod source;
 pub mod startup;
 
 pub use config::Config;
-pub use startup::App;
+pub use startup::{App, Components};

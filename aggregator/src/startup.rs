@@ -30,10 +30,20 @@ pub struct App {
     pipeline: Pipeline,
 }
 
-impl App {
-    /// Builds everything. `notify`, in a single process with chat-service,
-    /// wakes the embedded source on each send instead of waiting for a poll.
-    pub async fn build(config: Config, notify: Option<Arc<Notify>>) -> anyhow::Result<Self> {
+/// The aggregator's parts, for embedding it in another process.
+pub struct Components {
+    pub pipeline: Pipeline,
+    /// Checks the sink.
+    pub sink: Arc<dyn Sink>,
+    /// `/chat/{id}/stream` (embedded sink only), without middleware.
+    pub streams: Option<Router>,
+}
+
+impl Components {
+    /// Builds source, sink and pipeline. `notify`, in a single process with
+    /// chat-service, wakes the embedded source on each send instead of
+    /// waiting for a poll.
+    pub async fn build(config: &Config, notify: Option<Arc<Notify>>) -> anyhow::Result<Self> {
         config.validate()?;
         service_kit::metrics::handle();
         let embedded = match config.sink {
@@ -78,14 +88,31 @@ impl App {
                 session_timeout: Duration::from_millis(config.kafka_session_timeout_ms),
             })?),
         };
-        let mut router = probes(ProbeState { sink: sink.clone() });
-        if let (Some(store), Some(chats)) = (embedded, chat_db) {
-            let verifier = verifier(&config)?;
-            router = router.merge(streams(StreamState {
-                store,
-                chats,
-                verifier,
-            }));
+        let streams = match (embedded, chat_db) {
+            (Some(store), Some(chats)) => {
+                let verifier = verifier(config)?;
+                Some(streams(StreamState {
+                    store,
+                    chats,
+                    verifier,
+                }))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            pipeline: Pipeline::new(source, sink.clone(), config.limits()),
+            sink,
+            streams,
+        })
+    }
+}
+
+impl App {
+    pub async fn build(config: Config, notify: Option<Arc<Notify>>) -> anyhow::Result<Self> {
+        let parts = Components::build(&config, notify).await?;
+        let mut router = probes(ProbeState { sink: parts.sink });
+        if let Some(streams) = parts.streams {
+            router = router.merge(streams);
         }
         let router = service_kit::layers::apply(router, "aggregator", Default::default());
         let listener = TcpListener::bind(config.listen)
@@ -94,7 +121,7 @@ impl App {
         Ok(Self {
             listener,
             router,
-            pipeline: Pipeline::new(source, sink, config.limits()),
+            pipeline: parts.pipeline,
         })
     }
 

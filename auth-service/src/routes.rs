@@ -30,6 +30,11 @@ pub const MAX_SEARCH_LIMIT: i64 = 100;
 /// Every route of the service, without the shared middleware (see
 /// [`crate::startup`]), so an embedding binary can mount it.
 pub fn router(state: AppState) -> Router {
+    api(state.clone()).merge(probes(state))
+}
+
+/// The API routes alone (no probes, metrics or OpenAPI), for embedding.
+pub fn api(state: AppState) -> Router {
     Router::new()
         .route("/users", post(register).get(search_users))
         .route("/users/me", get(me))
@@ -38,6 +43,12 @@ pub fn router(state: AppState) -> Router {
         .route("/token/refresh", post(refresh))
         .route("/logout", post(logout))
         .route("/.well-known/jwks.json", get(jwks))
+        .with_state(state)
+}
+
+/// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
+pub fn probes(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(service_kit::metrics::render))
@@ -79,6 +90,11 @@ pub struct ApiDoc;
 
 async fn openapi() -> impl IntoResponse {
     axum::Json(ApiDoc::openapi())
+}
+
+/// The service's OpenAPI document.
+pub fn openapi_doc() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
 }
 
 /// The error body every failure uses (documentation only).

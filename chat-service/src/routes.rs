@@ -19,10 +19,21 @@ use crate::store::{Chat, ChatSummary, Inserted, Message, Participant};
 use crate::AppState;
 
 pub fn router(state: AppState) -> Router {
+    api(state.clone()).merge(probes(state))
+}
+
+/// The API routes alone (no probes, metrics or OpenAPI), for embedding.
+pub fn api(state: AppState) -> Router {
     Router::new()
         .route("/chats", post(start_chat).get(list_chats))
         .route("/chat/{id}", get(history))
         .route("/chat/{id}/messages", post(send))
+        .with_state(state)
+}
+
+/// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
+pub fn probes(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(service_kit::metrics::render))
@@ -51,6 +62,11 @@ pub struct ApiDoc;
 
 async fn openapi() -> impl IntoResponse {
     axum::Json(ApiDoc::openapi())
+}
+
+/// The service's OpenAPI document.
+pub fn openapi_doc() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -26,15 +26,22 @@ pub struct Sender {
     log: Arc<dyn MessageLog>,
     ids: TimeUuidGenerator,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    sent: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Sender {
-    pub fn new(store: Arc<dyn MessageStore>, log: Arc<dyn MessageLog>) -> Self {
+    /// `sent`, if given, is notified after every acknowledged send.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        log: Arc<dyn MessageLog>,
+        sent: Option<Arc<tokio::sync::Notify>>,
+    ) -> Self {
         Self {
             store,
             log,
             ids: TimeUuidGenerator::new(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            sent,
         }
     }
 
@@ -65,6 +72,9 @@ impl Sender {
             Inserted::Existing(_) => "repeat",
         };
         metrics::counter!("chat_messages_sent_total", "outcome" => outcome).increment(1);
+        if let Some(sent) = &self.sent {
+            sent.notify_one();
+        }
         Ok(inserted)
     }
 }

@@ -61,6 +61,17 @@ pub fn verifier(config: &Config, http: reqwest::Client) -> anyhow::Result<Verifi
 
 impl AppState {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        Self::build_with(config, None, None).await
+    }
+
+    /// Like [`AppState::build`], for embedding in one process: `users`
+    /// replaces the HTTP lookup in auth-service, and `sent` is notified
+    /// after every acknowledged send (the embedded aggregator waits on it).
+    pub async fn build_with(
+        config: &Config,
+        users: Option<Arc<dyn UserDirectory>>,
+        sent: Option<Arc<tokio::sync::Notify>>,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         service_kit::metrics::handle();
         let http = reqwest::Client::new();
@@ -106,10 +117,10 @@ impl AppState {
         let rate = NonZeroU32::new(config.send_rate_per_sec).context("send rate")?;
         let burst = NonZeroU32::new(config.send_burst).context("send burst")?;
         Ok(Self {
-            sender: Arc::new(Sender::new(store.clone(), log.clone())),
+            sender: Arc::new(Sender::new(store.clone(), log.clone(), sent)),
             store,
             log,
-            users: Arc::new(HttpDirectory::new(&config.auth_url, http)),
+            users: users.unwrap_or_else(|| Arc::new(HttpDirectory::new(&config.auth_url, http))),
             verifier,
             send_limiter: Arc::new(RateLimiter::keyed(
                 Quota::per_second(rate).allow_burst(burst),

@@ -5,8 +5,8 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
-    #[error("auth-service: {0}")]
-    Http(String),
+    #[error("user directory: {0}")]
+    Unavailable(String),
 }
 
 #[async_trait]
@@ -41,17 +41,17 @@ impl UserDirectory for HttpDirectory {
             .timeout(std::time::Duration::from_secs(5))
             .send()
             .await
-            .map_err(|e| DirectoryError::Http(e.to_string()))?;
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
         match response.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
                 let user: serde_json::Value = response
                     .json()
                     .await
-                    .map_err(|e| DirectoryError::Http(e.to_string()))?;
+                    .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
                 Ok(user["username"].as_str().map(str::to_owned))
             }
-            s => Err(DirectoryError::Http(format!(
+            s => Err(DirectoryError::Unavailable(format!(
                 "GET /users/{id} answered {s}"
             ))),
         }

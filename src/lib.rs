@@ -1,0 +1,201 @@
+//! The whole chat backend in one process, every backend embedded.
+//!
+//! auth-service, chat-service and the aggregator share one data directory
+//! and one port: SQLite for users and messages, chat-service's outbox as the
+//! log, the embedded realtime store (served over SSE) in place of Firestore,
+//! and the HS256 signing key generated on first start. In-process, chat-service
+//! looks users up directly in auth-service's database and wakes the
+//! aggregator after each send, so a message reaches SSE listeners in
+//! milliseconds. The web client is served at `/`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chat_service::users::{DirectoryError, UserDirectory};
+use clap::Parser;
+use service_kit::telemetry::LogFormat;
+use service_kit::ApiError;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+/// chat-backend: auth, chat and aggregator in one process, everything
+/// embedded (nothing else to install). Run the per-service binaries
+/// (auth-service, chat-service, aggregator) for the distributed backends.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-backend", version, about)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for all data: users, messages, realtime documents, keys.
+    /// It survives restarts.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+/// chat-service's user lookups, answered from auth-service's database.
+struct LocalUsers(auth_service::store::Db);
+
+#[async_trait]
+impl UserDirectory for LocalUsers {
+    async fn username(&self, id: Uuid, _bearer: &str) -> Result<Option<String>, DirectoryError> {
+        self.0
+            .user_by_id(id)
+            .await
+            .map(|u| u.map(|u| u.username))
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))
+    }
+}
+
+#[derive(Clone)]
+struct Probes {
+    auth: auth_service::AppState,
+    chat: chat_service::AppState,
+    sink: Arc<dyn aggregator::sink::Sink>,
+}
+
+async fn readyz(State(p): State<Probes>) -> Response {
+    let checks = [
+        ("users", p.auth.db.ping().await.map_err(|e| e.to_string())),
+        (
+            "messages",
+            p.chat.store.ping().await.map_err(|e| e.to_string()),
+        ),
+        ("log", p.chat.log.ping().await.map_err(|e| e.to_string())),
+        ("realtime", p.sink.ping().await.map_err(|e| e.to_string())),
+    ];
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(n, _)| *n)
+        .collect();
+    if failed.is_empty() {
+        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        tracing::warn!(?checks, "readiness check failed");
+        ApiError::unavailable(format!("unavailable: {}", failed.join(", "))).into_response()
+    }
+}
+
+const INDEX: &str = include_str!("../web/index.html");
+
+/// A built, bound all-in-one server.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    pipeline: aggregator::pipeline::Pipeline,
+    data_dir: PathBuf,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // auth first: it creates the signing key the others check tokens with.
+        let auth = auth_service::AppState::build(&auth_service::Config::embedded(dir)).await?;
+        let sent = Arc::new(Notify::new());
+        let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));
+        let chat = chat_service::AppState::build_with(
+            &chat_service::Config::embedded(dir),
+            Some(users),
+            Some(sent.clone()),
+        )
+        .await?;
+        let parts =
+            aggregator::Components::build(&aggregator::Config::embedded(dir), Some(sent)).await?;
+        let streams = parts
+            .streams
+            .context("the embedded aggregator serves SSE streams")?;
+        let probes = Probes {
+            auth: auth.clone(),
+            chat: chat.clone(),
+            sink: parts.sink.clone(),
+        };
+        let router = auth_service::routes::api(auth)
+            .merge(chat_service::routes::api(chat))
+            .merge(streams)
+            .merge(
+                Router::new()
+                    .route("/readyz", get(readyz))
+                    .with_state(probes),
+            )
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+            )
+            .route("/metrics", get(service_kit::metrics::render))
+            .route(
+                "/openapi/auth.json",
+                get(|| async { axum::Json(auth_service::routes::openapi_doc()) }),
+            )
+            .route(
+                "/openapi/chat.json",
+                get(|| async { axum::Json(chat_service::routes::openapi_doc()) }),
+            )
+            .route(
+                "/",
+                get(|| async { ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX)) }),
+            );
+        let router = service_kit::layers::apply(router, "all-in-one", Default::default());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router,
+            pipeline: parts.pipeline,
+            data_dir: config.data_dir.clone(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Serves until `shutdown`; then finishes requests, flushes the
+    /// aggregator and commits its position.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(wait(stop_rx.clone()));
+        let server = tokio::spawn(async move { server.await });
+        let pipeline = self.pipeline.run(wait(stop_rx)).await;
+        signal.abort();
+        // SSE streams never end on their own: give requests a moment, then go.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+        pipeline.context("aggregator")
+    }
+}
