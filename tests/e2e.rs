@@ -1,0 +1,248 @@
+//! End to end: the real all-in-one binary as a child process on a free port
+//! with a fresh data directory, driven over HTTP as two users; then
+//! restarted on the same data directory.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use testkit::{SseEvent, SseReader};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data: &std::path::Path) -> Self {
+        let port = testkit::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start chat-backend");
+        testkit::wait_for_port(port, Duration::from_secs(30));
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "chat-backend exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct User {
+    id: String,
+    token: String,
+}
+
+async fn user(http: &reqwest::Client, base: &str, name: &str, register: bool) -> User {
+    let body = json!({"username": name, "password": "password123"});
+    if register {
+        let r = http
+            .post(format!("{base}/users"))
+            .json(&body)
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 201);
+    }
+    let login: Value = http
+        .post(format!("{base}/login"))
+        .json(&body)
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    User {
+        id: login["user"]["id"].as_str().expect("id").to_owned(),
+        token: login["access_token"].as_str().expect("token").to_owned(),
+    }
+}
+
+async fn history(http: &reqwest::Client, base: &str, chat: &str, u: &User) -> Vec<String> {
+    let page: Value = http
+        .get(format!("{base}/chat/{chat}?quantity=100"))
+        .bearer_auth(&u.token)
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text").to_owned())
+        .collect()
+}
+
+async fn next_batch(reader: &mut SseReader) -> Value {
+    let e: SseEvent = reader
+        .next(Duration::from_secs(3))
+        .await
+        .expect("an SSE event");
+    serde_json::from_str(&e.data).expect("JSON document")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothing() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let http = reqwest::Client::new();
+    let server = Server::start(data.path());
+    let base = server.base.clone();
+
+    let page = http.get(&base).send().await.expect("index");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .expect("html")
+            .contains("<title>chat</title>"),
+        "the web client is served at /"
+    );
+    let ready: Value = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["status"], "ready");
+
+    let alice = user(&http, &base, "alice", true).await;
+    let bob = user(&http, &base, "bob", true).await;
+    let found: Value = http
+        .get(format!("{base}/users?query=bo"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(found["users"][0]["id"], bob.id.as_str());
+    let chat: Value = http
+        .post(format!("{base}/chats"))
+        .bearer_auth(&alice.token)
+        .json(&json!({"user_id": bob.id}))
+        .send()
+        .await
+        .expect("chat")
+        .json()
+        .await
+        .expect("json");
+    let chat = chat["id"].as_str().expect("id").to_owned();
+
+    let stream = http
+        .get(format!("{base}/chat/{chat}/stream"))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    let mut bob_sees = SseReader::new(stream);
+
+    for (from, text) in [(&alice, "hi bob"), (&alice, "lunch?"), (&bob, "sure")] {
+        let sent = Instant::now();
+        let r = http
+            .post(format!("{base}/chat/{chat}/messages"))
+            .bearer_auth(&from.token)
+            .json(&json!({"text": text, "client_message_id": text.replace([' ', '?'], "-")}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 201);
+        // Bob's stream shows each message as part of a batch document.
+        loop {
+            let doc = next_batch(&mut bob_sees).await;
+            let texts: Vec<&str> = doc["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .map(|m| m["text"].as_str().expect("text"))
+                .collect();
+            if texts.contains(&text) {
+                assert_eq!(doc["sender_id"], from.id.as_str());
+                eprintln!("{text:?} on the stream {:?} after the send", sent.elapsed());
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        history(&http, &base, &chat, &bob).await,
+        ["sure", "lunch?", "hi bob"]
+    );
+    drop(bob_sees);
+    server.stop();
+
+    // Same data directory: users, chats, messages and batches are all there,
+    // and the old tokens still work (the signing key was kept).
+    let server = Server::start(data.path());
+    let base = server.base.clone();
+    assert_eq!(
+        history(&http, &base, &chat, &alice).await,
+        ["sure", "lunch?", "hi bob"]
+    );
+    let again = user(&http, &base, "bob", false).await;
+    assert_eq!(again.id, bob.id);
+    let chats: Value = http
+        .get(format!("{base}/chats"))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .expect("chats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(chats["chats"][0]["id"], chat.as_str());
+    let mut snapshot = SseReader::new(
+        http.get(format!("{base}/chat/{chat}/stream"))
+            .bearer_auth(&bob.token)
+            .send()
+            .await
+            .expect("stream"),
+    );
+    let first = next_batch(&mut snapshot).await;
+    let second = next_batch(&mut snapshot).await;
+    assert_eq!(
+        (first["count"].as_u64(), first["closed"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(second["messages"][0]["text"], "sure");
+    // A retried send after the restart is still recognised.
+    let r = http
+        .post(format!("{base}/chat/{chat}/messages"))
+        .bearer_auth(&bob.token)
+        .json(&json!({"text": "sure", "client_message_id": "sure"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(history(&http, &base, &chat, &bob).await.len(), 3);
+    server.stop();
+}
