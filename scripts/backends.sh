@@ -76,3 +76,15 @@ start_firestore_emulator() {
   cat "$log" >&2
   die "the Firestore emulator did not start (log above)"
 }
+
+# Debian's Chromium for the browser test (the machine image does not have it).
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "Chromium not found; installing Debian's chromium package"
+    as_root apt-get update -qq || die "apt-get update failed"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || die "cannot install chromium"
+  fi
+  export CHROMIUM="$(command -v chromium)"
+  echo "Chromium: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
+}
