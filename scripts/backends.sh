@@ -88,3 +88,18 @@ ensure_chromium() {
   export CHROMIUM="$(command -v chromium)"
   echo "Chromium: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
 }
+
+# Tools for the offline deployment checks: docker-compose (Debian),
+# kubernetes-validate and PyYAML (PyPI), kubectl (on the machine image).
+ensure_deploy_tools() {
+  if ! command -v docker-compose >/dev/null 2>&1; then
+    echo "docker-compose not found; installing Debian's docker-compose package"
+    as_root apt-get update -qq || die "apt-get update failed"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
+      || die "cannot install docker-compose"
+  fi
+  if ! command -v kubernetes-validate >/dev/null 2>&1 || ! python3 -c 'import yaml' 2>/dev/null; then
+    python3 -m pip install -q kubernetes-validate pyyaml || die "cannot install kubernetes-validate"
+  fi
+  command -v kubectl >/dev/null 2>&1 || die "kubectl is needed to render k8s/ (kubectl kustomize)"
+}
