@@ -51,6 +51,11 @@ pub struct Config {
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u64,
 
+    /// Longest pause between two polls before the consumer counts as stuck
+    /// and leaves the group (it rejoins when it polls again), milliseconds.
+    #[arg(long, env = "KAFKA_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
+    pub kafka_max_poll_interval_ms: u64,
+
     /// Where batch documents go.
     #[arg(
         id = "sink_kind",

@@ -86,6 +86,7 @@ impl Components {
                 topic: config.kafka_topic.clone(),
                 group_id: config.kafka_group_id.clone(),
                 session_timeout: Duration::from_millis(config.kafka_session_timeout_ms),
+                max_poll_interval: Duration::from_millis(config.kafka_max_poll_interval_ms),
             })?),
         };
         let streams = match (embedded, chat_db) {

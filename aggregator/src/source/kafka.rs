@@ -23,6 +23,7 @@ pub struct KafkaSourceSettings {
     pub topic: String,
     pub group_id: String,
     pub session_timeout: Duration,
+    pub max_poll_interval: Duration,
 }
 
 pub struct KafkaSource {

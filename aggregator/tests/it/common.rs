@@ -13,6 +13,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub const TOPIC: &str = "chat.messages";
+/// Consumer session timeout of the aggregators the tests start.
+pub const SESSION_TIMEOUT_MS: u64 = 6000;
 
 pub async fn create_topic(brokers: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -113,7 +115,11 @@ impl AggregatorProcess {
                 "--kafka-group-id",
                 "aggregator-test",
             ])
-            .args(["--kafka-session-timeout-ms", "6000"])
+            .args([
+                "--kafka-session-timeout-ms",
+                &SESSION_TIMEOUT_MS.to_string(),
+            ])
+            .args(["--kafka-max-poll-interval-ms", "20000"])
             .args(["--firestore-project-id", project])
             .args(["--flush-interval-ms", &flush_ms.to_string()])
             .args(["--batch-max-count", "40"])

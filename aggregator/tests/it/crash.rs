@@ -50,16 +50,16 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         let brokers = brokers.clone();
         tokio::spawn(async move {
             let kafka = producer(&brokers);
-            for chunk in events.chunks(10) {
+            for chunk in events.chunks(5) {
                 futures::future::join_all(chunk.iter().map(|e| publish(&kafka, e))).await;
-                tokio::time::sleep(Duration::from_millis(80)).await;
+                tokio::time::sleep(Duration::from_millis(90)).await;
             }
         })
     };
 
     for round in 0..KILLS {
         let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
-        let alive = Duration::from_millis(rng.gen_range(3000..7000));
+        let alive = Duration::from_millis(rng.gen_range(2500..5000));
         tokio::time::sleep(alive).await;
         aggregator.kill();
         let mut stored = 0;
@@ -71,6 +71,12 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
                 .sum::<usize>();
         }
         eprintln!("round {round}: SIGKILL after {alive:?}; {stored} messages in documents so far");
+        // As a supervisor would, restart once the dead member's session has
+        // expired, so the group does not wait for it.
+        tokio::time::sleep(Duration::from_millis(
+            crate::common::SESSION_TIMEOUT_MS + 1000,
+        ))
+        .await;
     }
     producing.await.expect("producer");
     let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
