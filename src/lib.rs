@@ -25,7 +25,7 @@ use clap::Parser;
 use service_kit::telemetry::LogFormat;
 use service_kit::ApiError;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// chat-backend: auth, chat and aggregator in one process, everything
@@ -182,20 +182,13 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let signal = tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let wait = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
+        let (stop, signal) = service_kit::shutdown::Shutdown::on(shutdown);
         let app = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(wait(stop_rx.clone()));
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(stop.clone().wait());
         let server = tokio::spawn(async move { server.await });
-        let pipeline = self.pipeline.run(wait(stop_rx)).await;
+        let pipeline = self.pipeline.run(stop.wait()).await;
         signal.abort();
         // SSE streams never end on their own: give requests a moment, then go.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::config::{SinkKind, SourceKind};
 use crate::pipeline::Pipeline;
@@ -138,18 +138,11 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let signal = tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let wait = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
+        let (stop, signal) = service_kit::shutdown::Shutdown::on(shutdown);
         let server =
-            axum::serve(self.listener, self.router).with_graceful_shutdown(wait(stop_rx.clone()));
+            axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().wait());
         let server = tokio::spawn(async move { server.await });
-        let result = self.pipeline.run(wait(stop_rx)).await;
+        let result = self.pipeline.run(stop.wait()).await;
         signal.abort();
         server.abort();
         result.context("pipeline")

@@ -11,13 +11,15 @@
 //!   `/metrics` handler;
 //! - [`layers`]: request ids, tracing, timeouts, body limits and panic capture;
 //! - [`telemetry`]: `tracing` subscriber set-up;
-//! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown.
+//! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown;
+//! - [`sqlite`]: the embedded stores' SQLite writer/reader set-up.
 
 pub mod error;
 pub mod extract;
 pub mod layers;
 pub mod metrics;
 pub mod shutdown;
+pub mod sqlite;
 pub mod telemetry;
 
 pub use error::ApiError;

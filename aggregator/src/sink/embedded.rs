@@ -8,12 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -50,28 +47,9 @@ fn unavailable(e: impl std::fmt::Display) -> SinkError {
 
 impl EmbeddedSink {
     pub async fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
-        let options = SqliteConnectOptions::new()
-            .filename(data_dir.join(FILE))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .context("opening the realtime store")?;
-        sqlx::migrate!("./migrations")
-            .run(&write)
-            .await
-            .context("migrating the realtime store")?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await
-            .context("opening the realtime store for reading")?;
+        let service_kit::sqlite::Pools { write, read } =
+            service_kit::sqlite::open(&data_dir.join(FILE), &sqlx::migrate!("./migrations"), 4)
+                .await?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Self {
             write,

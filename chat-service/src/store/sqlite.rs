@@ -8,15 +8,10 @@
 //! guarantee; see [`crate::log`]).
 
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use chat_events::TimeUuid;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -43,28 +38,12 @@ impl SqliteStore {
     /// Opens (creating if needed) `chat.db` in `data_dir` and migrates it.
     /// `outbox`: also append each new message's event to the `log` table.
     pub async fn open(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
-        let options = SqliteConnectOptions::new()
-            .filename(data_dir.join(FILE))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .context("opening the chat database")?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&write)
-            .await
-            .context("migrating the chat database")?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options.read_only(true))
-            .await
-            .context("opening the chat database for reading")?;
+        let service_kit::sqlite::Pools { write, read } = service_kit::sqlite::open(
+            &data_dir.join(FILE),
+            &sqlx::migrate!("./migrations/sqlite"),
+            8,
+        )
+        .await?;
         Ok(Self {
             read,
             write,
