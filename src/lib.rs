@@ -102,6 +102,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     pipeline: aggregator::pipeline::Pipeline,
+    realtime: aggregator::sink::embedded::EmbeddedSink,
     data_dir: PathBuf,
 }
 
@@ -124,6 +125,10 @@ impl App {
         let streams = parts
             .streams
             .context("the embedded aggregator serves SSE streams")?;
+        let realtime = parts
+            .embedded
+            .clone()
+            .context("the embedded realtime store")?;
         let probes = Probes {
             auth: auth.clone(),
             chat: chat.clone(),
@@ -162,6 +167,7 @@ impl App {
             listener,
             router,
             pipeline: parts.pipeline,
+            realtime,
             data_dir: config.data_dir.clone(),
         })
     }
@@ -183,6 +189,9 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop, signal) = service_kit::shutdown::Shutdown::on(shutdown);
+        let expiry = self
+            .realtime
+            .spawn_expiry(aggregator::startup::EXPIRY_EVERY);
         let app = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -190,6 +199,7 @@ impl App {
         let server = tokio::spawn(async move { server.await });
         let pipeline = self.pipeline.run(stop.wait()).await;
         signal.abort();
+        expiry.abort();
         // SSE streams never end on their own: give requests a moment, then go.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
         pipeline.context("aggregator")

@@ -28,6 +28,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     pipeline: Pipeline,
+    embedded: Option<EmbeddedSink>,
 }
 
 /// The aggregator's parts, for embedding it in another process.
@@ -37,7 +38,13 @@ pub struct Components {
     pub sink: Arc<dyn Sink>,
     /// `/chat/{id}/stream` (embedded sink only), without middleware.
     pub streams: Option<Router>,
+    /// The embedded store, whose expired documents must be removed now and
+    /// then ([`EmbeddedSink::spawn_expiry`]).
+    pub embedded: Option<EmbeddedSink>,
 }
+
+/// How often the embedded store removes expired batch documents.
+pub const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 impl Components {
     /// Builds source, sink and pipeline. `notify`, in a single process with
@@ -89,7 +96,7 @@ impl Components {
                 max_poll_interval: Duration::from_millis(config.kafka_max_poll_interval_ms),
             })?),
         };
-        let streams = match (embedded, chat_db) {
+        let streams = match (embedded.clone(), chat_db) {
             (Some(store), Some(chats)) => {
                 let verifier = verifier(config)?;
                 Some(streams(StreamState {
@@ -104,6 +111,7 @@ impl Components {
             pipeline: Pipeline::new(source, sink.clone(), config.limits()),
             sink,
             streams,
+            embedded,
         })
     }
 }
@@ -123,6 +131,7 @@ impl App {
             listener,
             router,
             pipeline: parts.pipeline,
+            embedded: parts.embedded,
         })
     }
 
@@ -139,12 +148,16 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop, signal) = service_kit::shutdown::Shutdown::on(shutdown);
+        let expiry = self.embedded.as_ref().map(|e| e.spawn_expiry(EXPIRY_EVERY));
         let server =
             axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().wait());
         let server = tokio::spawn(async move { server.await });
         let result = self.pipeline.run(stop.wait()).await;
         signal.abort();
         server.abort();
+        if let Some(expiry) = expiry {
+            expiry.abort();
+        }
         result.context("pipeline")
     }
 }

@@ -28,7 +28,8 @@ const KEEP_CHANGES: i64 = 200_000;
 pub struct Change {
     pub version: i64,
     pub chat_id: Uuid,
-    /// `added` or `modified`.
+    /// `added`, `modified` or `removed` (then `doc` is just `id`,
+    /// `chat_id` and `seq`).
     pub kind: String,
     pub doc: Value,
 }
@@ -149,6 +150,64 @@ impl EmbeddedSink {
         Ok(())
     }
 
+    /// Deletes the batch documents whose `expire_at` has passed, recording a
+    /// `removed` change for each (the embedded counterpart of Firestore's
+    /// TTL policy). Returns how many were removed.
+    pub async fn expire(&self, now: time::OffsetDateTime) -> Result<usize, SinkError> {
+        let mut tx = self.write.begin().await.map_err(unavailable)?;
+        let rows = sqlx::query(
+            "DELETE FROM batches WHERE expire_at > 0 AND expire_at <= ?1 RETURNING chat_id, seq, state",
+        )
+        .bind(now.unix_timestamp())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let chat_id: Uuid = row.get("chat_id");
+            let state: String = row.get("state");
+            let batch: Batch = serde_json::from_str(&state).map_err(unavailable)?;
+            let doc =
+                serde_json::json!({ "id": batch.batch_id, "chat_id": chat_id, "seq": batch.seq });
+            let version: i64 = sqlx::query_scalar(
+                "INSERT INTO changes (chat_id, kind, doc) VALUES (?1, 'removed', ?2) RETURNING version",
+            )
+            .bind(chat_id)
+            .bind(doc.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            changes.push(Change {
+                version,
+                chat_id,
+                kind: "removed".into(),
+                doc,
+            });
+        }
+        tx.commit().await.map_err(unavailable)?;
+        let removed = changes.len();
+        for change in changes {
+            let _ = self.changes.send(change);
+        }
+        Ok(removed)
+    }
+
+    /// Runs [`EmbeddedSink::expire`] every `every` until the task is aborted.
+    pub fn spawn_expiry(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match store.expire(time::OffsetDateTime::now_utc()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired batch documents"),
+                    Err(e) => tracing::warn!(error = %e, "expiring batch documents"),
+                }
+            }
+        })
+    }
+
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
@@ -207,15 +266,17 @@ impl Sink for EmbeddedSink {
             .await
             .map_err(unavailable)?;
             sqlx::query(
-                "INSERT INTO batches (chat_id, seq, state, doc, version) VALUES (?1, ?2, ?3, ?4, ?5) \
+                "INSERT INTO batches (chat_id, seq, state, doc, version, expire_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (chat_id, seq) DO UPDATE SET state = excluded.state, doc = excluded.doc, \
-                 version = excluded.version",
+                 version = excluded.version, expire_at = excluded.expire_at",
             )
             .bind(batch.chat_id)
             .bind(batch.seq as i64)
             .bind(serde_json::to_string(batch).map_err(unavailable)?)
             .bind(doc.to_string())
             .bind(version)
+            .bind(super::doc::expire_at(batch, self.ttl).unix_timestamp())
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;

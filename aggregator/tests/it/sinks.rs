@@ -160,3 +160,39 @@ async fn firestore_sink() {
         .expect("connect");
     suite(Arc::new(sink)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_embedded_documents_are_removed_with_a_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = EmbeddedSink::open(dir.path(), Duration::from_secs(60))
+        .await
+        .expect("open");
+    let mut live = sink.subscribe();
+    let ids = TimeUuidGenerator::new();
+    let chat = Uuid::new_v4();
+    let old = batch(chat, 1, 2, true, &ids); // last message in 2027, expires 60 s later
+    sink.write(&write(&old, None, true)).await.expect("write");
+    let added = live.recv().await.expect("added");
+    assert_eq!(added.kind, "added");
+
+    let before = old.last().sent_at + time::Duration::seconds(59);
+    assert_eq!(sink.expire(before).await.expect("expire"), 0, "not yet");
+    let after = old.last().sent_at + time::Duration::seconds(60);
+    assert_eq!(sink.expire(after).await.expect("expire"), 1);
+    let removed = live.recv().await.expect("removed");
+    assert_eq!(
+        (removed.kind.as_str(), removed.doc["seq"].as_u64()),
+        ("removed", Some(1))
+    );
+    assert_eq!(sink.newest_batch(chat).await.expect("read"), None);
+    let replay = sink
+        .changes_since(chat, added.version)
+        .await
+        .expect("changes")
+        .expect("kept");
+    assert_eq!(
+        replay.iter().map(|c| c.kind.as_str()).collect::<Vec<_>>(),
+        ["removed"]
+    );
+    assert_eq!(sink.expire(after).await.expect("expire"), 0, "once");
+}
