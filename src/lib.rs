@@ -43,9 +43,23 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Messages a user may send per second (sustained).
+    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 10)]
+    pub send_rate_per_sec: u32,
+
+    /// Messages a user may send in a burst.
+    #[arg(long, env = "SEND_BURST", default_value_t = 30)]
+    pub send_burst: u32,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+}
+
+/// `GET /session`: who the token belongs to. The cheapest authenticated
+/// route (no storage touched): the benchmarks' baseline.
+async fn session(caller: auth_validator::AuthUser) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "user_id": caller.id, "expires_at": caller.claims.exp }))
 }
 
 /// chat-service's user lookups, answered from auth-service's database.
@@ -114,14 +128,17 @@ impl App {
         let auth = auth_service::AppState::build(&auth_service::Config::embedded(dir)).await?;
         let sent = Arc::new(Notify::new());
         let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));
-        let chat = chat_service::AppState::build_with(
-            &chat_service::Config::embedded(dir),
-            Some(users),
-            Some(sent.clone()),
-        )
-        .await?;
-        let parts =
-            aggregator::Components::build(&aggregator::Config::embedded(dir), Some(sent)).await?;
+        let mut chat_config = chat_service::Config::embedded(dir);
+        chat_config.send_rate_per_sec = config.send_rate_per_sec;
+        chat_config.send_burst = config.send_burst;
+        let chat =
+            chat_service::AppState::build_with(&chat_config, Some(users), Some(sent.clone()))
+                .await?;
+        // SQLite has no per-document write limit, so the embedded store can
+        // show a growing batch sooner than Firestore's once a second.
+        let mut aggregator_config = aggregator::Config::embedded(dir);
+        aggregator_config.flush_interval_ms = EMBEDDED_FLUSH_INTERVAL_MS;
+        let parts = aggregator::Components::build(&aggregator_config, Some(sent)).await?;
         let streams = parts
             .streams
             .context("the embedded aggregator serves SSE streams")?;
@@ -134,6 +151,7 @@ impl App {
             chat: chat.clone(),
             sink: parts.sink.clone(),
         };
+        let verifier = auth.verifier.clone();
         let router = auth_service::routes::api(auth)
             .merge(chat_service::routes::api(chat))
             .merge(streams)
@@ -141,6 +159,11 @@ impl App {
                 Router::new()
                     .route("/readyz", get(readyz))
                     .with_state(probes),
+            )
+            .merge(
+                Router::new()
+                    .route("/session", get(session))
+                    .with_state(verifier),
             )
             .route(
                 "/healthz",

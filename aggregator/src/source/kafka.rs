@@ -49,6 +49,10 @@ impl KafkaSource {
                 "session.timeout.ms",
                 settings.session_timeout.as_millis().to_string(),
             )
+            .set(
+                "max.poll.interval.ms",
+                settings.max_poll_interval.as_millis().to_string(),
+            )
             .create()
             .context("creating the Kafka consumer")?;
         consumer
