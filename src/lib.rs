@@ -22,9 +22,9 @@ use axum::routing::get;
 use axum::Router;
 use chat_service::users::{DirectoryError, UserDirectory};
 use clap::Parser;
+use service_kit::server::Listener;
 use service_kit::telemetry::LogFormat;
 use service_kit::ApiError;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -113,7 +113,7 @@ pub const EMBEDDED_FLUSH_INTERVAL_MS: u64 = 100;
 
 /// A built, bound all-in-one server.
 pub struct App {
-    listener: TcpListener,
+    listener: Listener,
     router: Router,
     pipeline: aggregator::pipeline::Pipeline,
     realtime: aggregator::sink::embedded::EmbeddedSink,
@@ -183,9 +183,7 @@ impl App {
                 get(|| async { ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX)) }),
             );
         let router = service_kit::layers::apply(router, "all-in-one", Default::default());
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = Listener::bind(config.listen).await?;
         Ok(Self {
             listener,
             router,
@@ -196,9 +194,7 @@ impl App {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener.local_addr()
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
@@ -215,11 +211,7 @@ impl App {
         let expiry = self
             .realtime
             .spawn_expiry(aggregator::startup::EXPIRY_EVERY);
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(stop.clone().wait());
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(self.listener.serve(self.router, stop.clone().wait()));
         let pipeline = self.pipeline.run(stop.wait()).await;
         signal.abort();
         expiry.abort();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use tokio::net::TcpListener;
+use service_kit::server::Listener;
 use tokio::sync::Notify;
 
 use crate::config::{SinkKind, SourceKind};
@@ -25,7 +25,7 @@ use crate::Config;
 const CHAT_DB_WAIT: Duration = Duration::from_secs(60);
 
 pub struct App {
-    listener: TcpListener,
+    listener: Listener,
     router: Router,
     pipeline: Pipeline,
     embedded: Option<EmbeddedSink>,
@@ -124,9 +124,7 @@ impl App {
             router = router.merge(streams);
         }
         let router = service_kit::layers::apply(router, "aggregator", Default::default());
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = Listener::bind(config.listen).await?;
         Ok(Self {
             listener,
             router,
@@ -136,9 +134,7 @@ impl App {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener.local_addr()
     }
 
     /// Runs the pipeline and the server until `shutdown`; then flushes what
@@ -149,9 +145,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let (stop, signal) = service_kit::shutdown::Shutdown::on(shutdown);
         let expiry = self.embedded.as_ref().map(|e| e.spawn_expiry(EXPIRY_EVERY));
-        let server =
-            axum::serve(self.listener, self.router).with_graceful_shutdown(stop.clone().wait());
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(self.listener.serve(self.router, stop.clone().wait()));
         let result = self.pipeline.run(stop.wait()).await;
         signal.abort();
         server.abort();

@@ -11,7 +11,7 @@ use axum::extract::FromRef;
 use axum::http::HeaderName;
 use axum::Router;
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
+use service_kit::server::Listener;
 
 use crate::limiter::FailureLimiter;
 use crate::passwords::Passwords;
@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> Router {
 
 /// A bound, ready-to-run service.
 pub struct App {
-    listener: TcpListener,
+    listener: Listener,
     state: AppState,
 }
 
@@ -99,16 +99,12 @@ impl App {
     /// Builds the state and binds the listener (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let state = AppState::build(&config).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = Listener::bind(config.listen).await?;
         Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener.local_addr()
     }
 
     pub fn state(&self) -> &AppState {
@@ -122,11 +118,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let db = self.state.db.clone();
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving")?;
+        self.listener.serve(router(self.state), shutdown).await?;
         db.close().await;
         tracing::info!("auth-service stopped");
         Ok(())

@@ -610,9 +610,9 @@ async fn wait_for_aggregator(
     start.elapsed().as_secs_f64()
 }
 
-/// 5. Firestore documents written per message for a bursty conversation mix,
-/// through the real batching rules on a simulated clock (1 s flush), against
-/// the one write per message of a naive design.
+/// Figure 5: Firestore documents written per message for a bursty
+/// conversation mix, through the real batching rules on a simulated clock
+/// (1 s flush), against the one write per message of a naive design.
 fn firestore_cost(plan: &Plan) -> Figure {
     let limits = Limits::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);

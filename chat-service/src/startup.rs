@@ -12,7 +12,7 @@ use axum::extract::FromRef;
 use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
+use service_kit::server::Listener;
 use uuid::Uuid;
 
 use crate::config::{LogKind, StoreKind};
@@ -136,23 +136,19 @@ pub fn router(state: AppState) -> Router {
 
 /// A bound, ready-to-run service.
 pub struct App {
-    listener: TcpListener,
+    listener: Listener,
     state: AppState,
 }
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let state = AppState::build(&config).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = Listener::bind(config.listen).await?;
         Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener.local_addr()
     }
 
     pub fn state(&self) -> &AppState {
@@ -174,10 +170,7 @@ impl App {
                 limiter.retain_recent();
             }
         });
-        let result = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving");
+        let result = self.listener.serve(router(self.state), shutdown).await;
         sweeper.abort();
         tracing::info!("chat-service stopped");
         result

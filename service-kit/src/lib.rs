@@ -9,6 +9,7 @@
 //!   same error body;
 //! - [`metrics`]: the Prometheus recorder, an HTTP metrics middleware and the
 //!   `/metrics` handler;
+//! - [`server`]: binding a listener and serving a router until shutdown;
 //! - [`layers`]: request ids, tracing, timeouts, body limits and panic capture;
 //! - [`telemetry`]: `tracing` subscriber set-up;
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod extract;
 pub mod layers;
 pub mod metrics;
+pub mod server;
 pub mod shutdown;
 pub mod sqlite;
 pub mod telemetry;

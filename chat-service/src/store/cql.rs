@@ -459,7 +459,7 @@ impl MessageStore for CqlStore {
                 });
             }
         }
-        out.sort_by(|a, b| b.last_activity.cmp(&a.last_activity));
+        out.sort_by_key(|s| std::cmp::Reverse(s.last_activity));
         Ok(out)
     }
 
