@@ -2,7 +2,9 @@
 //!
 //! Writes go through a single connection, so they are serialised without
 //! SQLite busy errors and the outbox's `seq` order is commit order; reads use
-//! a pool of their own. With the outbox on, each message's `message.created`
+//! a pool of their own. Message inserts are group-committed: one writer task
+//! stores everything queued in one transaction and acknowledges each insert
+//! after that commit. With the outbox on, each message's `message.created`
 //! event is appended to the `log` table in the message's own transaction, so
 //! an acknowledged message is always on the log (the embedded log's
 //! guarantee; see [`crate::log`]).
@@ -13,6 +15,7 @@ use async_trait::async_trait;
 use chat_events::TimeUuid;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
@@ -23,8 +26,17 @@ pub const FILE: &str = "chat.db";
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
-    outbox: bool,
+    /// Inserts go to one writer task that commits them in groups.
+    inserts: mpsc::Sender<InsertJob>,
 }
+
+struct InsertJob {
+    message: Message,
+    done: oneshot::Sender<Result<Inserted, StoreError>>,
+}
+
+/// Most inserts committed in one transaction.
+const GROUP: usize = 256;
 
 /// One log entry of the embedded outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +56,12 @@ impl SqliteStore {
             8,
         )
         .await?;
+        let (inserts, jobs) = mpsc::channel(4 * GROUP);
+        tokio::spawn(group_commit(write.clone(), outbox, jobs));
         Ok(Self {
             read,
             write,
-            outbox,
+            inserts,
         })
     }
 
@@ -108,6 +122,96 @@ fn message_from_row(row: &SqliteRow) -> Result<Message, StoreError> {
 
 const MESSAGE_COLUMNS: &str = "chat_id, id, sender_id, recipient_id, text, client_message_id";
 
+/// The writer: takes whatever inserts are queued (up to [`GROUP`]) and
+/// stores them in one transaction, so concurrent sends share a commit. Each
+/// insert is acknowledged only after that commit; if the transaction fails,
+/// every insert in it gets the error and nothing of it is stored.
+async fn group_commit(write: SqlitePool, outbox: bool, mut jobs: mpsc::Receiver<InsertJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let messages: Vec<Message> = group.iter().map(|j| j.message.clone()).collect();
+        match insert_group(&write, outbox, messages).await {
+            Ok(outcomes) => {
+                for (job, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = job.done.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for job in group {
+                    let _ = job.done.send(Err(StoreError::Corrupt(format!(
+                        "group commit failed: {message}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+async fn insert_group(
+    write: &SqlitePool,
+    outbox: bool,
+    messages: Vec<Message>,
+) -> Result<Vec<Inserted>, StoreError> {
+    let mut tx = write.begin().await?;
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for m in messages {
+        if let Some(client_id) = &m.client_message_id {
+            // Sees earlier inserts of this group too (same transaction).
+            let existing = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
+            ))
+            .bind(m.chat_id)
+            .bind(m.sender_id)
+            .bind(client_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                outcomes.push(Inserted::Existing(message_from_row(&row)?));
+                continue;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO messages (chat_id, ts, id, sender_id, recipient_id, text, client_message_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(m.chat_id)
+        .bind(m.id.ticks() as i64)
+        .bind(m.id.uuid())
+        .bind(m.sender_id)
+        .bind(m.recipient_id)
+        .bind(&m.text)
+        .bind(&m.client_message_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
+        )
+        .bind(m.chat_id)
+        .bind(m.id.unix_millis())
+        .bind(m.id.uuid())
+        .execute(&mut *tx)
+        .await?;
+        if outbox {
+            sqlx::query("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")
+                .bind(m.chat_id)
+                .bind(m.event().encode())
+                .execute(&mut *tx)
+                .await?;
+        }
+        outcomes.push(Inserted::New(m));
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn create_chat(&self, chat: &Chat) -> Result<bool, StoreError> {
@@ -155,52 +259,14 @@ impl MessageStore for SqliteStore {
             .collect()
     }
 
-    async fn insert_message(&self, m: Message) -> Result<Inserted, StoreError> {
-        let mut tx = self.write.begin().await?;
-        if let Some(client_id) = &m.client_message_id {
-            let existing = sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages \
-                 WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
-            ))
-            .bind(m.chat_id)
-            .bind(m.sender_id)
-            .bind(client_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                return Ok(Inserted::Existing(message_from_row(&row)?));
-            }
-        }
-        sqlx::query(
-            "INSERT INTO messages (chat_id, ts, id, sender_id, recipient_id, text, client_message_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(m.chat_id)
-        .bind(m.id.ticks() as i64)
-        .bind(m.id.uuid())
-        .bind(m.sender_id)
-        .bind(m.recipient_id)
-        .bind(&m.text)
-        .bind(&m.client_message_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
-        )
-        .bind(m.chat_id)
-        .bind(m.id.unix_millis())
-        .bind(m.id.uuid())
-        .execute(&mut *tx)
-        .await?;
-        if self.outbox {
-            sqlx::query("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")
-                .bind(m.chat_id)
-                .bind(m.event().encode())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Inserted::New(m))
+    async fn insert_message(&self, message: Message) -> Result<Inserted, StoreError> {
+        let (done, outcome) = oneshot::channel();
+        let closed = || StoreError::Corrupt("the message writer has stopped".into());
+        self.inserts
+            .send(InsertJob { message, done })
+            .await
+            .map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
     }
 
     async fn history(
