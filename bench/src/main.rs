@@ -23,6 +23,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod kafka;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// Every figure at full load (minutes).
@@ -43,6 +45,19 @@ struct Cli {
     /// The chat-backend binary (default: beside this executable).
     #[arg(long)]
     server: Option<PathBuf>,
+    /// Run only these parts (default: all of them).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    /// Figures 1-3 and 6: send, history, realtime, memory.
+    Http,
+    /// Figure 4: aggregator in Kafka mode vs a plain consumer.
+    Aggregator,
+    /// Figure 5: Firestore writes per message.
+    Firestore,
 }
 
 struct Plan {
@@ -51,6 +66,8 @@ struct Plan {
     history_messages: usize,
     realtime_rate: u32,
     conversations: usize,
+    aggregator_messages: usize,
+    aggregator_chats: usize,
 }
 
 impl Plan {
@@ -62,6 +79,8 @@ impl Plan {
                 history_messages: 100_000,
                 realtime_rate: 500,
                 conversations: 2_000,
+                aggregator_messages: 200_000,
+                aggregator_chats: 1_000,
             },
             Mode::Smoke => Self {
                 phase: Duration::from_secs(1),
@@ -69,6 +88,8 @@ impl Plan {
                 history_messages: 500,
                 realtime_rate: 50,
                 conversations: 50,
+                aggregator_messages: 2_000,
+                aggregator_chats: 20,
             },
         }
     }
@@ -260,7 +281,7 @@ impl Api {
 }
 
 /// A 64-byte message body, like a short chat line.
-const TEXT: &str = "benchmark message: the quick brown fox jumps over the lazy dog!!";
+pub(crate) const TEXT: &str = "benchmark message: the quick brown fox jumps over the lazy dog!!";
 
 async fn send(http: &reqwest::Client, base: &str, chat: &str, from: &User) -> Option<String> {
     let r = http
@@ -593,21 +614,30 @@ async fn wait_for_aggregator(
 ) -> f64 {
     let start = Instant::now();
     while start.elapsed() < limit {
-        let text = match http.get(format!("{base}/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let taken: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("aggregator_messages_in_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if taken >= messages as f64 {
+        if messages_in(http, base).await.unwrap_or(0) >= messages {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     start.elapsed().as_secs_f64()
+}
+
+/// The aggregator's `aggregator_messages_in_total`, from its `/metrics`.
+async fn messages_in(http: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let taken: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("aggregator_messages_in_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(taken as u64)
 }
 
 /// Figure 5: Firestore documents written per message for a bursty
@@ -719,8 +749,28 @@ async fn main() -> anyhow::Result<()> {
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut figures = Vec::new();
-    run_http(&plan, &bin, &mut figures).await?;
-    figures.push(firestore_cost(&plan));
+    let runs = |part| cli.only.is_empty() || cli.only.contains(&part);
+    if runs(Part::Http) {
+        run_http(&plan, &bin, &mut figures).await?;
+    }
+    if runs(Part::Aggregator) {
+        let bin_dir = bin.parent().context("binary directory")?;
+        let kafka_load = kafka::Load {
+            messages: plan.aggregator_messages,
+            chats: plan.aggregator_chats,
+        };
+        let aggregator = kafka::aggregator_vs_plain(&kafka_load, bin_dir).await?;
+        if aggregator.is_none() {
+            println!(
+                "\naggregator throughput in Kafka mode vs a plain consumer: NOT MEASURED, no \
+                 Tansu binary (./scripts/test builds one into ~/.cache/tansu; or set TANSU_BIN)"
+            );
+        }
+        figures.extend(aggregator);
+    }
+    if runs(Part::Firestore) {
+        figures.push(firestore_cost(&plan));
+    }
 
     println!("\nchat-backend benchmarks ({:?} mode, {cores} cores, load generator on the same machine)\n", cli.mode);
     println!(
@@ -738,7 +788,6 @@ async fn main() -> anyhow::Result<()> {
             f.load
         );
     }
-    println!("\naggregator throughput in Kafka mode vs a plain consumer: not measured yet");
     let out = json!({"mode": format!("{:?}", cli.mode), "cores": cores, "figures": figures});
     std::fs::write(&cli.json, serde_json::to_string_pretty(&out)?)?;
     println!("results written to {}", cli.json.display());
