@@ -95,7 +95,9 @@ impl Inserted {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
-    Sqlite(#[from] sqlx::Error),
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("cql: {0}")]
     Cql(String),
     #[error("corrupt row: {0}")]

@@ -1,20 +1,25 @@
-//! The embedded store: SQLite (WAL) in the data directory.
+//! The embedded store: SQLite (WAL) in the data directory, through
+//! `rusqlite` (the schema is created with sqlx's migrator, shared with the
+//! other embedded stores).
 //!
-//! Writes go through a single connection, so they are serialised without
-//! SQLite busy errors and the outbox's `seq` order is commit order; reads use
-//! a pool of their own. Message inserts are group-committed: one writer task
-//! stores everything queued in one transaction and acknowledges each insert
-//! after that commit. With the outbox on, each message's `message.created`
+//! Writes go through one connection owned by one writer thread, so they are
+//! serialised without SQLite busy errors and the outbox's `seq` order is
+//! commit order. The writer group-commits: it takes every write queued at
+//! that moment (up to [`GROUP`]), stores them in one transaction with cached
+//! prepared statements, and acknowledges each after that commit. Reads run
+//! on Tokio's blocking threads over a pool of read-only connections, each
+//! query with a cached prepared statement, all rows at once. With the outbox on, each message's `message.created`
 //! event is appended to the `log` table in the message's own transaction, so
 //! an acknowledged message is always on the log (the embedded log's
 //! guarantee; see [`crate::log`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
 use chat_events::TimeUuid;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
-use sqlx::Row;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -22,21 +27,28 @@ use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, Sto
 
 pub const FILE: &str = "chat.db";
 
+/// Most writes committed in one transaction.
+const GROUP: usize = 256;
+/// Read-only connections (reads run on Tokio's blocking threads).
+const READERS: u32 = 4;
+
 #[derive(Clone)]
 pub struct SqliteStore {
-    read: SqlitePool,
-    write: SqlitePool,
-    /// Inserts go to one writer task that commits them in groups.
-    inserts: mpsc::Sender<InsertJob>,
+    read: r2d2::Pool<SqliteConnectionManager>,
+    writes: mpsc::Sender<Job>,
 }
 
-struct InsertJob {
-    message: Message,
-    done: oneshot::Sender<Result<Inserted, StoreError>>,
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Job {
+    Insert(Message, Reply<Inserted>),
+    CreateChat(Chat, Reply<bool>),
 }
 
-/// Most inserts committed in one transaction.
-const GROUP: usize = 256;
+enum Outcome {
+    Inserted(Inserted),
+    Created(bool),
+}
 
 /// One log entry of the embedded outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,84 +62,120 @@ impl SqliteStore {
     /// Opens (creating if needed) `chat.db` in `data_dir` and migrates it.
     /// `outbox`: also append each new message's event to the `log` table.
     pub async fn open(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
-        let service_kit::sqlite::Pools { write, read } = service_kit::sqlite::open(
-            &data_dir.join(FILE),
-            &sqlx::migrate!("./migrations/sqlite"),
-            8,
-        )
-        .await?;
-        let (inserts, jobs) = mpsc::channel(4 * GROUP);
-        tokio::spawn(group_commit(write.clone(), outbox, jobs));
-        Ok(Self {
-            read,
-            write,
-            inserts,
+        let path = data_dir.join(FILE);
+        service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations/sqlite")).await?;
+        let writer = Connection::open(&path)?;
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.set_prepared_statement_cache_capacity(32);
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(|c| {
+                c.set_prepared_statement_cache_capacity(32);
+                Ok(())
+            });
+        let read = tokio::task::spawn_blocking(move || {
+            r2d2::Pool::builder()
+                .max_size(READERS)
+                .test_on_check_out(false)
+                .build(manager)
         })
+        .await??;
+        let (writes, jobs) = mpsc::channel(4 * GROUP);
+        std::thread::Builder::new()
+            .name("chat-db-writer".into())
+            .spawn(move || group_commit(writer, outbox, jobs))?;
+        Ok(Self { read, writes })
     }
 
-    pub async fn close(&self) {
-        self.write.close().await;
-        self.read.close().await;
+    /// Stops taking writes; the writer thread ends once the queued ones are
+    /// committed and every clone of this store is gone.
+    pub async fn close(&self) {}
+
+    /// Runs `query` on a read connection, on a blocking thread.
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.read.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok(query(&conn)?)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        let closed = || StoreError::Unavailable("the chat.db writer has stopped".into());
+        self.writes.send(job(reply)).await.map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
     }
 
     /// Outbox entries with `seq > after`, in order, at most `limit`.
     pub async fn log_after(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, chat_id, payload FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
+        self.read(move |c| {
+            let mut query = c.prepare_cached(
+                "SELECT seq, chat_id, payload FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = query.query_map(params![after, limit], |r| {
                 Ok(LogEntry {
-                    seq: r.try_get("seq")?,
-                    chat_id: r.try_get("chat_id")?,
-                    payload: r.try_get("payload")?,
+                    seq: r.get(0)?,
+                    chat_id: r.get(1)?,
+                    payload: r.get(2)?,
                 })
-            })
-            .collect()
+            })?;
+            rows.collect()
+        })
+        .await
     }
 }
 
-fn chat_from_row(row: &SqliteRow) -> Result<Chat, StoreError> {
+const CHAT_COLUMNS: &str =
+    "id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity, last_message_id";
+
+fn chat_from_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
     Ok(Chat {
-        id: row.try_get("id")?,
+        id: row.get(0)?,
         participants: [
             Participant {
-                id: row.try_get("user_a")?,
-                username: row.try_get("user_a_name")?,
+                id: row.get(1)?,
+                username: row.get(2)?,
             },
             Participant {
-                id: row.try_get("user_b")?,
-                username: row.try_get("user_b_name")?,
+                id: row.get(3)?,
+                username: row.get(4)?,
             },
         ],
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn message_from_row(row: &SqliteRow) -> Result<Message, StoreError> {
-    let id: Uuid = row.try_get("id")?;
-    Ok(Message {
-        id: TimeUuid::from_uuid(id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        chat_id: row.try_get("chat_id")?,
-        sender_id: row.try_get("sender_id")?,
-        recipient_id: row.try_get("recipient_id")?,
-        text: row.try_get("text")?,
-        client_message_id: row.try_get("client_message_id")?,
+        created_at: row.get(5)?,
     })
 }
 
 const MESSAGE_COLUMNS: &str = "chat_id, id, sender_id, recipient_id, text, client_message_id";
 
-/// The writer: takes whatever inserts are queued (up to [`GROUP`]) and
-/// stores them in one transaction, so concurrent sends share a commit. Each
-/// insert is acknowledged only after that commit; if the transaction fails,
-/// every insert in it gets the error and nothing of it is stored.
-async fn group_commit(write: SqlitePool, outbox: bool, mut jobs: mpsc::Receiver<InsertJob>) {
-    while let Some(first) = jobs.recv().await {
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let id: Uuid = row.get(1)?;
+    Ok(Message {
+        id: TimeUuid::from_uuid(id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
+        })?,
+        chat_id: row.get(0)?,
+        sender_id: row.get(2)?,
+        recipient_id: row.get(3)?,
+        text: row.get(4)?,
+        client_message_id: row.get(5)?,
+    })
+}
+
+/// The writer thread: takes whatever writes are queued (up to [`GROUP`])
+/// and stores them in one transaction, so concurrent sends share a commit.
+/// Each write is acknowledged only after that commit; if the transaction
+/// fails, every write in it gets the error and nothing of it is stored.
+fn group_commit(mut conn: Connection, outbox: bool, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
         let mut group = vec![first];
         while group.len() < GROUP {
             match jobs.try_recv() {
@@ -135,138 +183,154 @@ async fn group_commit(write: SqlitePool, outbox: bool, mut jobs: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        let messages: Vec<Message> = group.iter().map(|j| j.message.clone()).collect();
-        match insert_group(&write, outbox, messages).await {
+        match store_group(&mut conn, outbox, &group) {
             Ok(outcomes) => {
                 for (job, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = job.done.send(Ok(outcome));
+                    match (job, outcome) {
+                        (Job::Insert(_, reply), Outcome::Inserted(done)) => {
+                            let _ = reply.send(Ok(done));
+                        }
+                        (Job::CreateChat(_, reply), Outcome::Created(done)) => {
+                            let _ = reply.send(Ok(done));
+                        }
+                        (Job::Insert(_, reply), _) => {
+                            let _ = reply.send(Err(StoreError::Corrupt("writer mix-up".into())));
+                        }
+                        (Job::CreateChat(_, reply), _) => {
+                            let _ = reply.send(Err(StoreError::Corrupt("writer mix-up".into())));
+                        }
+                    }
                 }
             }
             Err(e) => {
-                let message = e.to_string();
+                let message = format!("group commit failed: {e}");
+                tracing::error!(error = %e, writes = group.len(), "chat.db group commit failed");
                 for job in group {
-                    let _ = job.done.send(Err(StoreError::Corrupt(format!(
-                        "group commit failed: {message}"
-                    ))));
+                    let error = StoreError::Unavailable(message.clone());
+                    match job {
+                        Job::Insert(_, reply) => {
+                            let _ = reply.send(Err(error));
+                        }
+                        Job::CreateChat(_, reply) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-async fn insert_group(
-    write: &SqlitePool,
+fn store_group(
+    conn: &mut Connection,
     outbox: bool,
-    messages: Vec<Message>,
-) -> Result<Vec<Inserted>, StoreError> {
-    let mut tx = write.begin().await?;
-    let mut outcomes = Vec::with_capacity(messages.len());
-    for m in messages {
-        if let Some(client_id) = &m.client_message_id {
-            // Sees earlier inserts of this group too (same transaction).
-            let existing = sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages \
-                 WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
-            ))
-            .bind(m.chat_id)
-            .bind(m.sender_id)
-            .bind(client_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                outcomes.push(Inserted::Existing(message_from_row(&row)?));
-                continue;
-            }
-        }
-        sqlx::query(
+    group: &[Job],
+) -> rusqlite::Result<Vec<Outcome>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    // The newest new message of each chat, for one `chats` update per chat.
+    let mut newest: HashMap<Uuid, &Message> = HashMap::new();
+    {
+        let mut find = tx.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
+        ))?;
+        let mut insert = tx.prepare_cached(
             "INSERT INTO messages (chat_id, ts, id, sender_id, recipient_id, text, client_message_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(m.chat_id)
-        .bind(m.id.ticks() as i64)
-        .bind(m.id.uuid())
-        .bind(m.sender_id)
-        .bind(m.recipient_id)
-        .bind(&m.text)
-        .bind(&m.client_message_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
-        )
-        .bind(m.chat_id)
-        .bind(m.id.unix_millis())
-        .bind(m.id.uuid())
-        .execute(&mut *tx)
-        .await?;
-        if outbox {
-            sqlx::query("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")
-                .bind(m.chat_id)
-                .bind(m.event().encode())
-                .execute(&mut *tx)
-                .await?;
+        )?;
+        let mut append = tx.prepare_cached("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")?;
+        for job in group {
+            match job {
+                Job::CreateChat(chat, _) => {
+                    let [a, b] = &chat.participants;
+                    let created = tx.prepare_cached(
+                        "INSERT INTO chats (id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
+                    )?
+                    .execute(params![chat.id, a.id, a.username, b.id, b.username, chat.created_at])?;
+                    outcomes.push(Outcome::Created(created == 1));
+                }
+                Job::Insert(m, _) => {
+                    if let Some(client_id) = &m.client_message_id {
+                        // Sees earlier inserts of this group too (same transaction).
+                        let existing = find
+                            .query_row(params![m.chat_id, m.sender_id, client_id], message_from_row)
+                            .optional()?;
+                        if let Some(existing) = existing {
+                            outcomes.push(Outcome::Inserted(Inserted::Existing(existing)));
+                            continue;
+                        }
+                    }
+                    insert.execute(params![
+                        m.chat_id,
+                        m.id.ticks() as i64,
+                        m.id.uuid(),
+                        m.sender_id,
+                        m.recipient_id,
+                        m.text,
+                        m.client_message_id
+                    ])?;
+                    if outbox {
+                        append.execute(params![m.chat_id, m.event().encode()])?;
+                    }
+                    let slot = newest.entry(m.chat_id).or_insert(m);
+                    if slot.id < m.id {
+                        *slot = m;
+                    }
+                    outcomes.push(Outcome::Inserted(Inserted::New(m.clone())));
+                }
+            }
         }
-        outcomes.push(Inserted::New(m));
+        let mut touch = tx.prepare_cached(
+            "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
+        )?;
+        for m in newest.values() {
+            touch.execute(params![m.chat_id, m.id.unix_millis(), m.id.uuid()])?;
+        }
     }
-    tx.commit().await?;
+    tx.commit()?;
     Ok(outcomes)
 }
 
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn create_chat(&self, chat: &Chat) -> Result<bool, StoreError> {
-        let [a, b] = &chat.participants;
-        let done = sqlx::query(
-            "INSERT INTO chats (id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(chat.id)
-        .bind(a.id)
-        .bind(&a.username)
-        .bind(b.id)
-        .bind(&b.username)
-        .bind(chat.created_at)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let chat = chat.clone();
+        self.write(|reply| Job::CreateChat(chat, reply)).await
     }
 
     async fn chat(&self, id: Uuid) -> Result<Option<Chat>, StoreError> {
-        let row = sqlx::query("SELECT * FROM chats WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(chat_from_row).transpose()
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1"))?
+                .query_row([id], chat_from_row)
+                .optional()
+        })
+        .await
     }
 
     async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM chats WHERE user_a = ?1 UNION ALL SELECT * FROM chats WHERE user_b = ?1 \
-             ORDER BY last_activity DESC",
-        )
-        .bind(user)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let last: Option<Uuid> = row.try_get("last_message_id")?;
+        self.read(move |c| {
+            let mut query = c.prepare_cached(&format!(
+                "SELECT {CHAT_COLUMNS} FROM chats WHERE user_a = ?1 \
+                 UNION ALL SELECT {CHAT_COLUMNS} FROM chats WHERE user_b = ?1 \
+                 ORDER BY last_activity DESC"
+            ))?;
+            let rows = query.query_map([user], |row| {
+                let last: Option<Uuid> = row.get(7)?;
                 Ok(ChatSummary {
                     chat: chat_from_row(row)?,
-                    last_activity: row.try_get("last_activity")?,
+                    last_activity: row.get(6)?,
                     last_message_id: last.and_then(|u| TimeUuid::from_uuid(u).ok()),
                 })
-            })
-            .collect()
+            })?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn insert_message(&self, message: Message) -> Result<Inserted, StoreError> {
-        let (done, outcome) = oneshot::channel();
-        let closed = || StoreError::Corrupt("the message writer has stopped".into());
-        self.inserts
-            .send(InsertJob { message, done })
-            .await
-            .map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+        self.write(|reply| Job::Insert(message, reply)).await
     }
 
     async fn history(
@@ -279,22 +343,26 @@ impl MessageStore for SqliteStore {
             Some(t) => (t.ticks() as i64, t.uuid()),
             None => (i64::MAX, Uuid::max()),
         };
-        let rows = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE chat_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3)) \
-             ORDER BY ts DESC, id DESC LIMIT ?4"
-        ))
-        .bind(chat)
-        .bind(ts)
-        .bind(id)
-        .bind(limit as i64)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(message_from_row).collect()
+        self.read(move |c| {
+            let mut query = c.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3)) \
+                 ORDER BY ts DESC, id DESC LIMIT ?4"
+            ))?;
+            let rows = query.query_map(params![chat, ts, id, limit as i64], message_from_row)?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await?;
+        if self.writes.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the chat.db writer has stopped".into(),
+            ));
+        }
         Ok(())
     }
 
