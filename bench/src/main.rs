@@ -353,6 +353,7 @@ async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyh
     );
 
     // 1. Send, next to the trivial authenticated route.
+    progress("send baseline (GET /session)");
     let baseline = {
         let (http, base, users) = (http.clone(), base.clone(), users.clone());
         closed_loop(c, plan.phase, move |w, _| {
@@ -365,6 +366,7 @@ async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyh
         })
         .await
     };
+    progress("send");
     let sends = {
         let (http, base, users, chats) = (http.clone(), base.clone(), users.clone(), chats.clone());
         closed_loop(c, plan.phase, move |w, _| {
@@ -396,6 +398,7 @@ async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyh
     let (a, b) = (users[2 * c].clone(), users[2 * c + 1].clone());
     let history_chat = api.chat(&a, &b).await?;
     let ids = Arc::new(Mutex::new(Vec::with_capacity(plan.history_messages)));
+    progress("history: filling the long chat");
     let fill_started = Instant::now();
     futures::stream::iter(0..plan.history_messages)
         .map(|i| {
@@ -427,6 +430,16 @@ async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyh
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     ));
+    // Let the aggregator take in the fill first, so its catching up does
+    // not share the CPU with the history phase.
+    wait_for_aggregator(
+        &http,
+        &base,
+        sends.ok + ids.len() as u64,
+        Duration::from_secs(300),
+    )
+    .await;
+    progress("history");
     let history = {
         let (http, base, ids, token, chat) = (
             http.clone(),
@@ -469,6 +482,7 @@ async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyh
     ));
 
     // 3. Realtime: send → the other participant's SSE event, at a fixed rate.
+    progress("realtime");
     // First let the aggregator drain what phases 1 and 2 wrote, so this
     // measures delivery, not a backlog.
     let written = sends.ok + ids.len() as u64;
@@ -620,6 +634,14 @@ async fn wait_for_aggregator(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     start.elapsed().as_secs_f64()
+}
+
+/// Says on stderr which phase starts (and when, for attaching a profiler).
+fn progress(phase: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    eprintln!("bench: {phase} (unix time {now:.1})");
 }
 
 /// The aggregator's `aggregator_messages_in_total`, from its `/metrics`.

@@ -187,7 +187,17 @@ fn message_out(m: &Message) -> MessageOut {
 /// The chat, if it exists and `caller` is in it; otherwise the one 404.
 async fn chat_for(state: &AppState, raw_id: &str, caller: Uuid) -> Result<Chat> {
     let id = Uuid::parse_str(raw_id).map_err(|_| Error::ChatNotFound)?;
-    match state.store.chat(id).await? {
+    let chat = match state.chats.get(&id) {
+        Some(chat) => Some(chat),
+        None => {
+            let stored = state.store.chat(id).await?;
+            if let Some(chat) = &stored {
+                state.chats.insert(id, chat.clone());
+            }
+            stored
+        }
+    };
+    match chat {
         Some(chat) if chat.has(caller) => Ok(chat),
         _ => Err(Error::ChatNotFound),
     }

@@ -21,7 +21,7 @@ use crate::log::{MessageLog, OutboxLog};
 use crate::service::Sender;
 use crate::store::cql::{parse_consistency, CqlSettings, CqlStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::MessageStore;
+use crate::store::{Chat, MessageStore};
 use crate::users::{HttpDirectory, UserDirectory};
 use crate::Config;
 
@@ -34,7 +34,14 @@ pub struct AppState {
     pub users: Arc<dyn UserDirectory>,
     pub verifier: Verifier,
     pub send_limiter: Arc<DefaultKeyedRateLimiter<Uuid>>,
+    /// Chats by id, as read from the store. A chat never changes once
+    /// created (participants and their names at creation), so entries never
+    /// go stale; only chats that exist are kept.
+    pub chats: Arc<quick_cache::sync::Cache<Uuid, Chat>>,
 }
+
+/// Chats kept in [`AppState::chats`] (about 200 bytes each).
+pub const CACHED_CHATS: usize = 100_000;
 
 impl FromRef<AppState> for Verifier {
     fn from_ref(state: &AppState) -> Verifier {
@@ -125,6 +132,7 @@ impl AppState {
             send_limiter: Arc::new(RateLimiter::keyed(
                 Quota::per_second(rate).allow_burst(burst),
             )),
+            chats: Arc::new(quick_cache::sync::Cache::new(CACHED_CHATS)),
         })
     }
 }

@@ -62,3 +62,184 @@ pub async fn open(path: &Path, migrator: &Migrator, readers: u32) -> anyhow::Res
         .with_context(|| format!("opening {} for reading", path.display()))?;
     Ok(Pools { write, read })
 }
+
+/// Why a write through a [`GroupWriter`] did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupError {
+    #[error("the {0} writer has stopped")]
+    Stopped(&'static str),
+    #[error("the {0} group commit failed: {1}")]
+    Commit(&'static str, String),
+}
+
+type Queued<J, O, E> = (J, tokio::sync::oneshot::Sender<Result<O, E>>);
+
+/// One thread that owns a database's only write connection and commits
+/// queued writes in groups: it takes every write waiting at that moment (up
+/// to `max_group`), applies each inside a savepoint of one transaction, and
+/// answers each only after that transaction commits. A write whose `apply`
+/// fails is rolled back alone and gets its error; if the commit fails, every
+/// write of the group gets [`GroupError::Commit`] and none of it is stored.
+/// Concurrent writers so share one commit instead of queueing for one each.
+pub struct GroupWriter<J, O, E> {
+    jobs: tokio::sync::mpsc::Sender<Queued<J, O, E>>,
+    name: &'static str,
+}
+
+impl<J, O, E> Clone for GroupWriter<J, O, E> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+            name: self.name,
+        }
+    }
+}
+
+impl<J, O, E> GroupWriter<J, O, E>
+where
+    J: Send + 'static,
+    O: Send + 'static,
+    E: From<GroupError> + From<rusqlite::Error> + Send + 'static,
+{
+    /// Starts the writer thread on `conn`. It ends when every clone of the
+    /// returned writer is gone and the queue is empty.
+    pub fn spawn<F>(
+        name: &'static str,
+        mut conn: rusqlite::Connection,
+        max_group: usize,
+        mut apply: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(&rusqlite::Connection, J) -> Result<O, E> + Send + 'static,
+    {
+        let (jobs, mut queue) = tokio::sync::mpsc::channel::<Queued<J, O, E>>(4 * max_group);
+        std::thread::Builder::new()
+            .name(format!("{name}-writer"))
+            .spawn(move || {
+                while let Some(first) = queue.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < max_group {
+                        match queue.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    commit_group(name, &mut conn, group, &mut apply);
+                }
+            })?;
+        Ok(Self { jobs, name })
+    }
+
+    /// Queues `job` and waits until its group has committed.
+    pub async fn write(&self, job: J) -> Result<O, E> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let stopped = || E::from(GroupError::Stopped(self.name));
+        self.jobs.send((job, reply)).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.jobs.is_closed()
+    }
+}
+
+fn commit_group<J, O, E, F>(
+    name: &'static str,
+    conn: &mut rusqlite::Connection,
+    group: Vec<Queued<J, O, E>>,
+    apply: &mut F,
+) where
+    E: From<GroupError> + From<rusqlite::Error>,
+    F: FnMut(&rusqlite::Connection, J) -> Result<O, E>,
+{
+    let mut answers = Vec::with_capacity(group.len());
+    let committed = (|| -> rusqlite::Result<()> {
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (job, reply) in group {
+            let savepoint = tx.savepoint()?;
+            let outcome = apply(&savepoint, job);
+            if outcome.is_ok() {
+                savepoint.commit()?;
+            } // else dropping it rolls this write back
+            answers.push((reply, outcome));
+        }
+        tx.commit()
+    })();
+    match committed {
+        Ok(()) => {
+            for (reply, outcome) in answers {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, db = name, writes = answers.len(), "group commit failed");
+            for (reply, _) in answers {
+                let _ = reply.send(Err(E::from(GroupError::Commit(name, e.to_string()))));
+            }
+        }
+    }
+}
+
+/// A pool of read-only `rusqlite` connections to one database, each with a
+/// prepared-statement cache.
+#[derive(Clone)]
+pub struct ReadPool {
+    pool: r2d2::Pool<r2d2_sqlite::SqliteConnectionManager>,
+}
+
+impl ReadPool {
+    pub async fn open(path: &Path, size: u32) -> anyhow::Result<Self> {
+        use rusqlite::OpenFlags;
+        let manager = r2d2_sqlite::SqliteConnectionManager::file(path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(|c| {
+                c.set_prepared_statement_cache_capacity(32);
+                Ok(())
+            });
+        let pool = tokio::task::spawn_blocking(move || {
+            r2d2::Pool::builder()
+                .max_size(size)
+                .test_on_check_out(false)
+                .build(manager)
+        })
+        .await??;
+        Ok(Self { pool })
+    }
+
+    /// Runs `query` on a read connection: right here when one is free (an
+    /// indexed read from SQLite's page cache takes tens of microseconds,
+    /// less than handing it to a blocking thread and back), otherwise on a
+    /// blocking thread that waits for one.
+    pub async fn read<T, F>(&self, query: F) -> Result<T, ReadError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        if let Some(conn) = self.pool.try_get() {
+            return Ok(query(&conn)?);
+        }
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(|e| ReadError::Pool(e.to_string()))?;
+            Ok(query(&conn)?)
+        })
+        .await
+        .map_err(|e| ReadError::Pool(e.to_string()))?
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no read connection: {0}")]
+    Pool(String),
+}
+
+/// The write connection of a database [`migrate`]d before.
+pub fn write_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}

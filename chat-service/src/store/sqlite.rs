@@ -4,23 +4,23 @@
 //!
 //! Writes go through one connection owned by one writer thread, so they are
 //! serialised without SQLite busy errors and the outbox's `seq` order is
-//! commit order. The writer group-commits: it takes every write queued at
-//! that moment (up to [`GROUP`]), stores them in one transaction with cached
-//! prepared statements, and acknowledges each after that commit. Reads run
-//! on Tokio's blocking threads over a pool of read-only connections, each
-//! query with a cached prepared statement, all rows at once. With the outbox on, each message's `message.created`
+//! commit order. The writer group-commits
+//! ([`service_kit::sqlite::GroupWriter`]): every write queued at that moment
+//! (up to [`GROUP`]) goes into one transaction, with cached prepared
+//! statements, and each is acknowledged after that commit. Reads use a
+//! pool of read-only connections, each query a cached prepared statement
+//! returning all its rows at once; see [`SqliteStore::read`] for where they
+//! run. With the outbox on, each message's `message.created`
 //! event is appended to the `log` table in the message's own transaction, so
 //! an acknowledged message is always on the log (the embedded log's
 //! guarantee; see [`crate::log`]).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
 use chat_events::TimeUuid;
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use service_kit::sqlite::{GroupError, GroupWriter, ReadError, ReadPool};
 use uuid::Uuid;
 
 use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
@@ -29,25 +29,38 @@ pub const FILE: &str = "chat.db";
 
 /// Most writes committed in one transaction.
 const GROUP: usize = 256;
-/// Read-only connections (reads run on Tokio's blocking threads).
+/// Read-only connections.
 const READERS: u32 = 4;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    read: r2d2::Pool<SqliteConnectionManager>,
-    writes: mpsc::Sender<Job>,
+    read: ReadPool,
+    write: GroupWriter<Job, Outcome, StoreError>,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
 enum Job {
-    Insert(Message, Reply<Inserted>),
-    CreateChat(Chat, Reply<bool>),
+    Insert(Message),
+    CreateChat(Chat),
 }
 
 enum Outcome {
     Inserted(Inserted),
     Created(bool),
+}
+
+impl From<GroupError> for StoreError {
+    fn from(e: GroupError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<ReadError> for StoreError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Sqlite(e) => StoreError::Sqlite(e),
+            ReadError::Pool(e) => StoreError::Unavailable(e),
+        }
+    }
 }
 
 /// One log entry of the embedded outbox.
@@ -64,55 +77,25 @@ impl SqliteStore {
     pub async fn open(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations/sqlite")).await?;
-        let writer = Connection::open(&path)?;
-        writer.pragma_update(None, "synchronous", "NORMAL")?;
-        writer.set_prepared_statement_cache_capacity(32);
-        let manager = SqliteConnectionManager::file(&path)
-            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .with_init(|c| {
-                c.set_prepared_statement_cache_capacity(32);
-                Ok(())
-            });
-        let read = tokio::task::spawn_blocking(move || {
-            r2d2::Pool::builder()
-                .max_size(READERS)
-                .test_on_check_out(false)
-                .build(manager)
-        })
-        .await??;
-        let (writes, jobs) = mpsc::channel(4 * GROUP);
-        std::thread::Builder::new()
-            .name("chat-db-writer".into())
-            .spawn(move || group_commit(writer, outbox, jobs))?;
-        Ok(Self { read, writes })
+        let writer = service_kit::sqlite::write_connection(&path)?;
+        let write = GroupWriter::spawn("chat.db", writer, GROUP, move |conn, job| match job {
+            Job::Insert(m) => insert(conn, outbox, m).map(Outcome::Inserted),
+            Job::CreateChat(chat) => create_chat(conn, &chat).map(Outcome::Created),
+        })?;
+        let read = ReadPool::open(&path, READERS).await?;
+        Ok(Self { read, write })
     }
 
-    /// Stops taking writes; the writer thread ends once the queued ones are
+    /// Nothing to do: the writer thread ends once the queued writes are
     /// committed and every clone of this store is gone.
     pub async fn close(&self) {}
 
-    /// Runs `query` on a read connection, on a blocking thread.
     async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let pool = self.read.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool
-                .get()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Ok(query(&conn)?)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
-    }
-
-    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        let closed = || StoreError::Unavailable("the chat.db writer has stopped".into());
-        self.writes.send(job(reply)).await.map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+        Ok(self.read.read(query).await?)
     }
 
     /// Outbox entries with `seq > after`, in order, at most `limit`.
@@ -170,134 +153,64 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
-/// The writer thread: takes whatever writes are queued (up to [`GROUP`])
-/// and stores them in one transaction, so concurrent sends share a commit.
-/// Each write is acknowledged only after that commit; if the transaction
-/// fails, every write in it gets the error and nothing of it is stored.
-fn group_commit(mut conn: Connection, outbox: bool, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        match store_group(&mut conn, outbox, &group) {
-            Ok(outcomes) => {
-                for (job, outcome) in group.into_iter().zip(outcomes) {
-                    match (job, outcome) {
-                        (Job::Insert(_, reply), Outcome::Inserted(done)) => {
-                            let _ = reply.send(Ok(done));
-                        }
-                        (Job::CreateChat(_, reply), Outcome::Created(done)) => {
-                            let _ = reply.send(Ok(done));
-                        }
-                        (Job::Insert(_, reply), _) => {
-                            let _ = reply.send(Err(StoreError::Corrupt("writer mix-up".into())));
-                        }
-                        (Job::CreateChat(_, reply), _) => {
-                            let _ = reply.send(Err(StoreError::Corrupt("writer mix-up".into())));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let message = format!("group commit failed: {e}");
-                tracing::error!(error = %e, writes = group.len(), "chat.db group commit failed");
-                for job in group {
-                    let error = StoreError::Unavailable(message.clone());
-                    match job {
-                        Job::Insert(_, reply) => {
-                            let _ = reply.send(Err(error));
-                        }
-                        Job::CreateChat(_, reply) => {
-                            let _ = reply.send(Err(error));
-                        }
-                    }
-                }
-            }
-        }
-    }
+fn create_chat(conn: &Connection, chat: &Chat) -> Result<bool, StoreError> {
+    let [a, b] = &chat.participants;
+    let created = conn
+        .prepare_cached(
+            "INSERT INTO chats (id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![chat.id, a.id, a.username, b.id, b.username, chat.created_at])?;
+    Ok(created == 1)
 }
 
-fn store_group(
-    conn: &mut Connection,
-    outbox: bool,
-    group: &[Job],
-) -> rusqlite::Result<Vec<Outcome>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut outcomes = Vec::with_capacity(group.len());
-    // The newest new message of each chat, for one `chats` update per chat.
-    let mut newest: HashMap<Uuid, &Message> = HashMap::new();
-    {
-        let mut find = tx.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
-        ))?;
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (chat_id, ts, id, sender_id, recipient_id, text, client_message_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        let mut append = tx.prepare_cached("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")?;
-        for job in group {
-            match job {
-                Job::CreateChat(chat, _) => {
-                    let [a, b] = &chat.participants;
-                    let created = tx.prepare_cached(
-                        "INSERT INTO chats (id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
-                    )?
-                    .execute(params![chat.id, a.id, a.username, b.id, b.username, chat.created_at])?;
-                    outcomes.push(Outcome::Created(created == 1));
-                }
-                Job::Insert(m, _) => {
-                    if let Some(client_id) = &m.client_message_id {
-                        // Sees earlier inserts of this group too (same transaction).
-                        let existing = find
-                            .query_row(params![m.chat_id, m.sender_id, client_id], message_from_row)
-                            .optional()?;
-                        if let Some(existing) = existing {
-                            outcomes.push(Outcome::Inserted(Inserted::Existing(existing)));
-                            continue;
-                        }
-                    }
-                    insert.execute(params![
-                        m.chat_id,
-                        m.id.ticks() as i64,
-                        m.id.uuid(),
-                        m.sender_id,
-                        m.recipient_id,
-                        m.text,
-                        m.client_message_id
-                    ])?;
-                    if outbox {
-                        append.execute(params![m.chat_id, m.event().encode()])?;
-                    }
-                    let slot = newest.entry(m.chat_id).or_insert(m);
-                    if slot.id < m.id {
-                        *slot = m;
-                    }
-                    outcomes.push(Outcome::Inserted(Inserted::New(m.clone())));
-                }
-            }
-        }
-        let mut touch = tx.prepare_cached(
-            "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
-        )?;
-        for m in newest.values() {
-            touch.execute(params![m.chat_id, m.id.unix_millis(), m.id.uuid()])?;
+/// Stores a new message (and its outbox entry), or returns the one this
+/// sender already sent with the same client id (earlier writes of the same
+/// group included: they share the transaction).
+fn insert(conn: &Connection, outbox: bool, m: Message) -> Result<Inserted, StoreError> {
+    if let Some(client_id) = &m.client_message_id {
+        let existing = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
+            ))?
+            .query_row(params![m.chat_id, m.sender_id, client_id], message_from_row)
+            .optional()?;
+        if let Some(existing) = existing {
+            return Ok(Inserted::Existing(existing));
         }
     }
-    tx.commit()?;
-    Ok(outcomes)
+    conn.prepare_cached(
+        "INSERT INTO messages (chat_id, ts, id, sender_id, recipient_id, text, client_message_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        m.chat_id,
+        m.id.ticks() as i64,
+        m.id.uuid(),
+        m.sender_id,
+        m.recipient_id,
+        m.text,
+        m.client_message_id
+    ])?;
+    if outbox {
+        conn.prepare_cached("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")?
+            .execute(params![m.chat_id, m.event().encode()])?;
+    }
+    conn.prepare_cached(
+        "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
+    )?
+    .execute(params![m.chat_id, m.id.unix_millis(), m.id.uuid()])?;
+    Ok(Inserted::New(m))
 }
 
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn create_chat(&self, chat: &Chat) -> Result<bool, StoreError> {
-        let chat = chat.clone();
-        self.write(|reply| Job::CreateChat(chat, reply)).await
+        match self.write.write(Job::CreateChat(chat.clone())).await? {
+            Outcome::Created(created) => Ok(created),
+            Outcome::Inserted(_) => Err(StoreError::Corrupt("writer mix-up".into())),
+        }
     }
 
     async fn chat(&self, id: Uuid) -> Result<Option<Chat>, StoreError> {
@@ -330,7 +243,10 @@ impl MessageStore for SqliteStore {
     }
 
     async fn insert_message(&self, message: Message) -> Result<Inserted, StoreError> {
-        self.write(|reply| Job::Insert(message, reply)).await
+        match self.write.write(Job::Insert(message)).await? {
+            Outcome::Inserted(inserted) => Ok(inserted),
+            Outcome::Created(_) => Err(StoreError::Corrupt("writer mix-up".into())),
+        }
     }
 
     async fn history(
@@ -358,7 +274,7 @@ impl MessageStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
             .await?;
-        if self.writes.is_closed() {
+        if self.write.is_stopped() {
             return Err(StoreError::Unavailable(
                 "the chat.db writer has stopped".into(),
             ));
