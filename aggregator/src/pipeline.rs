@@ -77,7 +77,8 @@ impl Pipeline {
     /// Runs until `shutdown` completes, then flushes and commits.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut tick = tokio::time::interval(TICK);
+        // Due growth is looked for at least as often as it may be written.
+        let mut tick = tokio::time::interval(TICK.min(self.batcher.limits().flush_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_lag = Instant::now();
         loop {

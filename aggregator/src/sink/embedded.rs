@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
-use sqlx::sqlite::SqlitePool;
-use sqlx::Row;
+use service_kit::sqlite::{GroupError, GroupWriter, ReadError, ReadPool};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -22,6 +22,11 @@ use crate::batcher::{Batch, Write};
 pub const FILE: &str = "realtime.db";
 /// Changes kept for resumption; older `Last-Event-ID`s get a fresh snapshot.
 const KEEP_CHANGES: i64 = 200_000;
+/// Live changes buffered for SSE streams; a stream that falls further behind
+/// replays from the `changes` table instead.
+const LIVE_CHANGES: usize = 256;
+/// Most writes committed in one transaction.
+const GROUP: usize = 128;
 
 /// One change to a batch document.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,29 +39,75 @@ pub struct Change {
     pub doc: Value,
 }
 
+/// Writes go through one writer thread that group-commits them
+/// ([`GroupWriter`]), so the pipeline's concurrent writes for different chats
+/// share transactions; reads use a read-only pool ([`ReadPool`]).
 #[derive(Clone)]
 pub struct EmbeddedSink {
-    write: SqlitePool,
-    read: SqlitePool,
+    write: GroupWriter<Job, Done, SinkError>,
+    read: ReadPool,
     changes: broadcast::Sender<Change>,
-    ttl: Duration,
+}
+
+enum Job {
+    Write(Box<Write>),
+    SetPosition(String, i64),
+    Expire(i64),
+}
+
+struct Done {
+    changes: Vec<Change>,
+    documents: usize,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> SinkError {
     SinkError::Unavailable(e.to_string())
 }
 
+impl From<GroupError> for SinkError {
+    fn from(e: GroupError) -> Self {
+        unavailable(e)
+    }
+}
+
+impl From<rusqlite::Error> for SinkError {
+    fn from(e: rusqlite::Error) -> Self {
+        unavailable(e)
+    }
+}
+
+impl From<ReadError> for SinkError {
+    fn from(e: ReadError) -> Self {
+        unavailable(e)
+    }
+}
+
 impl EmbeddedSink {
     pub async fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
-        let service_kit::sqlite::Pools { write, read } =
-            service_kit::sqlite::open(&data_dir.join(FILE), &sqlx::migrate!("./migrations"), 4)
-                .await?;
-        let (changes, _) = broadcast::channel(4096);
+        let path = data_dir.join(FILE);
+        service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations")).await?;
+        let conn = service_kit::sqlite::write_connection(&path)?;
+        let write = GroupWriter::spawn("realtime.db", conn, GROUP, move |conn, job| match job {
+            Job::Write(w) => store_write(conn, &w, ttl),
+            Job::SetPosition(name, position) => {
+                conn.prepare_cached(
+                    "INSERT INTO positions (name, position) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET position = MAX(position, excluded.position)",
+                )?
+                .execute(params![name, position])?;
+                Ok(Done {
+                    changes: Vec::new(),
+                    documents: 0,
+                })
+            }
+            Job::Expire(now) => expire(conn, now),
+        })?;
+        let read = ReadPool::open(&path, 4).await?;
+        let (changes, _) = broadcast::channel(LIVE_CHANGES);
         Ok(Self {
             write,
             read,
             changes,
-            ttl,
         })
     }
 
@@ -65,29 +116,50 @@ impl EmbeddedSink {
         self.changes.subscribe()
     }
 
+    async fn read<T, F>(&self, query: F) -> Result<T, SinkError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        Ok(self.read.read(query).await?)
+    }
+
+    /// Runs `job` on the writer; then tells live streams what changed.
+    async fn commit(&self, job: Job) -> Result<usize, SinkError> {
+        let done = self.write.write(job).await?;
+        for change in done.changes {
+            // No subscribers is fine.
+            let _ = self.changes.send(change);
+        }
+        Ok(done.documents)
+    }
+
     /// The chat's newest `limit` batch documents in `seq` order, and the
     /// newest change version they reflect.
     pub async fn snapshot(&self, chat: Uuid, limit: i64) -> Result<(Vec<Value>, i64), SinkError> {
-        let rows = sqlx::query(
-            "SELECT doc, version FROM (SELECT doc, version, seq FROM batches WHERE chat_id = ?1 \
-             ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
-        )
-        .bind(chat)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await
-        .map_err(unavailable)?;
+        let (rows, latest) = self
+            .read(move |c| {
+                let mut query = c.prepare_cached(
+                    "SELECT doc, version FROM (SELECT doc, version, seq FROM batches WHERE chat_id = ?1 \
+                     ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+                )?;
+                let rows = query
+                    .query_map(params![chat, limit], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let latest: Option<i64> = c
+                    .prepare_cached("SELECT MAX(version) FROM changes")?
+                    .query_row([], |r| r.get(0))?;
+                Ok((rows, latest))
+            })
+            .await?;
         let mut docs = Vec::with_capacity(rows.len());
         let mut newest = 0;
-        for row in rows {
-            let doc: String = row.get("doc");
-            newest = newest.max(row.get::<i64, _>("version"));
+        for (doc, version) in rows {
+            newest = newest.max(version);
             docs.push(serde_json::from_str(&doc).map_err(unavailable)?);
         }
-        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM changes")
-            .fetch_one(&self.read)
-            .await
-            .map_err(unavailable)?;
         Ok((docs, latest.unwrap_or(0).max(newest)))
     }
 
@@ -98,28 +170,39 @@ impl EmbeddedSink {
         chat: Uuid,
         version: i64,
     ) -> Result<Option<Vec<Change>>, SinkError> {
-        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(version) FROM changes")
-            .fetch_one(&self.read)
-            .await
-            .map_err(unavailable)?;
-        if oldest.is_some_and(|o| o > version + 1) {
+        let found = self
+            .read(move |c| {
+                let oldest: Option<i64> = c
+                    .prepare_cached("SELECT MIN(version) FROM changes")?
+                    .query_row([], |r| r.get(0))?;
+                if oldest.is_some_and(|o| o > version + 1) {
+                    return Ok(None);
+                }
+                let mut query = c.prepare_cached(
+                    "SELECT version, kind, doc FROM changes WHERE chat_id = ?1 AND version > ?2 \
+                     ORDER BY version",
+                )?;
+                let rows = query
+                    .query_map(params![chat, version], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(Some(rows))
+            })
+            .await?;
+        let Some(rows) = found else {
             return Ok(None);
-        }
-        let rows = sqlx::query(
-            "SELECT version, kind, doc FROM changes WHERE chat_id = ?1 AND version > ?2 ORDER BY version",
-        )
-        .bind(chat)
-        .bind(version)
-        .fetch_all(&self.read)
-        .await
-        .map_err(unavailable)?;
+        };
         rows.into_iter()
-            .map(|row| {
-                let doc: String = row.get("doc");
+            .map(|(version, kind, doc)| {
                 Ok(Change {
-                    version: row.get("version"),
+                    version,
                     chat_id: chat,
-                    kind: row.get("kind"),
+                    kind,
                     doc: serde_json::from_str(&doc).map_err(unavailable)?,
                 })
             })
@@ -129,67 +212,28 @@ impl EmbeddedSink {
 
     /// The committed position of the embedded source `name`.
     pub async fn position(&self, name: &str) -> Result<i64, SinkError> {
-        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM positions WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.write)
-            .await
-            .map_err(unavailable)?;
+        let name = name.to_owned();
+        let p: Option<i64> = self
+            .read(move |c| {
+                c.prepare_cached("SELECT position FROM positions WHERE name = ?1")?
+                    .query_row([name], |r| r.get(0))
+                    .optional()
+            })
+            .await?;
         Ok(p.unwrap_or(0))
     }
 
     pub async fn set_position(&self, name: &str, position: i64) -> Result<(), SinkError> {
-        sqlx::query(
-            "INSERT INTO positions (name, position) VALUES (?1, ?2) \
-             ON CONFLICT (name) DO UPDATE SET position = MAX(position, excluded.position)",
-        )
-        .bind(name)
-        .bind(position)
-        .execute(&self.write)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        self.commit(Job::SetPosition(name.to_owned(), position))
+            .await
+            .map(drop)
     }
 
     /// Deletes the batch documents whose `expire_at` has passed, recording a
     /// `removed` change for each (the embedded counterpart of Firestore's
     /// TTL policy). Returns how many were removed.
     pub async fn expire(&self, now: time::OffsetDateTime) -> Result<usize, SinkError> {
-        let mut tx = self.write.begin().await.map_err(unavailable)?;
-        let rows = sqlx::query(
-            "DELETE FROM batches WHERE expire_at > 0 AND expire_at <= ?1 RETURNING chat_id, seq, state",
-        )
-        .bind(now.unix_timestamp())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let mut changes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let chat_id: Uuid = row.get("chat_id");
-            let state: String = row.get("state");
-            let batch: Batch = serde_json::from_str(&state).map_err(unavailable)?;
-            let doc =
-                serde_json::json!({ "id": batch.batch_id, "chat_id": chat_id, "seq": batch.seq });
-            let version: i64 = sqlx::query_scalar(
-                "INSERT INTO changes (chat_id, kind, doc) VALUES (?1, 'removed', ?2) RETURNING version",
-            )
-            .bind(chat_id)
-            .bind(doc.to_string())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            changes.push(Change {
-                version,
-                chat_id,
-                kind: "removed".into(),
-                doc,
-            });
-        }
-        tx.commit().await.map_err(unavailable)?;
-        let removed = changes.len();
-        for change in changes {
-            let _ = self.changes.send(change);
-        }
-        Ok(removed)
+        self.commit(Job::Expire(now.unix_timestamp())).await
     }
 
     /// Runs [`EmbeddedSink::expire`] every `every` until the task is aborted.
@@ -208,120 +252,133 @@ impl EmbeddedSink {
         })
     }
 
-    pub async fn close(&self) {
-        self.write.close().await;
-        self.read.close().await;
+    /// Nothing to do: the writer thread ends once the queued writes are
+    /// committed and every clone of this store is gone.
+    pub async fn close(&self) {}
+}
+
+fn record_change(conn: &Connection, chat: Uuid, kind: &str, doc: &str) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO changes (chat_id, kind, doc) VALUES (?1, ?2, ?3) RETURNING version",
+    )?
+    .query_row(params![chat, kind, doc], |r| r.get(0))
+}
+
+/// One pipeline write, atomically (it runs inside its own savepoint).
+fn store_write(conn: &Connection, w: &Write, ttl: Duration) -> Result<Done, SinkError> {
+    let mut changes = Vec::new();
+    for batch in w.closing.iter().chain(std::iter::once(&w.batch)) {
+        let stored: Option<String> = conn
+            .prepare_cached("SELECT state FROM batches WHERE chat_id = ?1 AND seq = ?2")?
+            .query_row(params![batch.chat_id, batch.seq as i64], |r| r.get(0))
+            .optional()?;
+        let stored: Option<Batch> = stored
+            .map(|s| serde_json::from_str(&s).map_err(unavailable))
+            .transpose()?;
+        match &stored {
+            Some(old) if old == batch => continue,
+            Some(old) if !batch.is_not_older_than(old) => {
+                return Err(SinkError::Stale(batch.chat_id))
+            }
+            _ => {}
+        }
+        let doc = batch_json(batch, ttl);
+        let doc_text = doc.to_string();
+        let kind = if stored.is_some() {
+            "modified"
+        } else {
+            "added"
+        };
+        let version = record_change(conn, batch.chat_id, kind, &doc_text)?;
+        conn.prepare_cached(
+            "INSERT INTO batches (chat_id, seq, state, doc, version, expire_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (chat_id, seq) DO UPDATE SET state = excluded.state, doc = excluded.doc, \
+             version = excluded.version, expire_at = excluded.expire_at",
+        )?
+        .execute(params![
+            batch.chat_id,
+            batch.seq as i64,
+            serde_json::to_string(batch).map_err(unavailable)?,
+            doc_text,
+            version,
+            super::doc::expire_at(batch, ttl).unix_timestamp()
+        ])?;
+        changes.push(Change {
+            version,
+            chat_id: batch.chat_id,
+            kind: kind.to_owned(),
+            doc,
+        });
     }
+    let mut documents = changes.len();
+    if let Some(summary) = &w.summary {
+        conn.prepare_cached(
+            "INSERT INTO summaries (chat_id, doc) VALUES (?1, ?2) \
+             ON CONFLICT (chat_id) DO UPDATE SET doc = excluded.doc",
+        )?
+        .execute(params![summary.chat_id, summary_json(summary).to_string()])?;
+        documents += 1;
+    }
+    if let Some(last) = changes.last() {
+        if last.version % 1000 == 0 {
+            conn.prepare_cached("DELETE FROM changes WHERE version < ?1")?
+                .execute([last.version - KEEP_CHANGES])?;
+        }
+    }
+    Ok(Done { changes, documents })
+}
+
+fn expire(conn: &Connection, now: i64) -> Result<Done, SinkError> {
+    let expired = conn
+        .prepare_cached(
+            "DELETE FROM batches WHERE expire_at > 0 AND expire_at <= ?1 RETURNING chat_id, seq, state",
+        )?
+        .query_map([now], |r| Ok((r.get::<_, Uuid>(0)?, r.get::<_, String>(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut changes = Vec::with_capacity(expired.len());
+    for (chat_id, state) in expired {
+        let batch: Batch = serde_json::from_str(&state).map_err(unavailable)?;
+        let doc = serde_json::json!({ "id": batch.batch_id, "chat_id": chat_id, "seq": batch.seq });
+        let version = record_change(conn, chat_id, "removed", &doc.to_string())?;
+        changes.push(Change {
+            version,
+            chat_id,
+            kind: "removed".into(),
+            doc,
+        });
+    }
+    let documents = changes.len();
+    Ok(Done { changes, documents })
 }
 
 #[async_trait]
 impl Sink for EmbeddedSink {
     async fn newest_batch(&self, chat: Uuid) -> Result<Option<Batch>, SinkError> {
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM batches WHERE chat_id = ?1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(chat)
-        .fetch_optional(&self.write)
-        .await
-        .map_err(unavailable)?;
+        let state: Option<String> = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT state FROM batches WHERE chat_id = ?1 ORDER BY seq DESC LIMIT 1",
+                )?
+                .query_row([chat], |r| r.get(0))
+                .optional()
+            })
+            .await?;
         state
             .map(|s| serde_json::from_str(&s).map_err(unavailable))
             .transpose()
     }
 
     async fn write(&self, w: &Write) -> Result<usize, SinkError> {
-        let mut tx = self.write.begin().await.map_err(unavailable)?;
-        let mut changes = Vec::new();
-        for batch in w.closing.iter().chain(std::iter::once(&w.batch)) {
-            let stored: Option<String> =
-                sqlx::query_scalar("SELECT state FROM batches WHERE chat_id = ?1 AND seq = ?2")
-                    .bind(batch.chat_id)
-                    .bind(batch.seq as i64)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            let stored: Option<Batch> = stored
-                .map(|s| serde_json::from_str(&s).map_err(unavailable))
-                .transpose()?;
-            match &stored {
-                Some(old) if old == batch => continue,
-                Some(old) if !batch.is_not_older_than(old) => {
-                    return Err(SinkError::Stale(batch.chat_id))
-                }
-                _ => {}
-            }
-            let doc = batch_json(batch, self.ttl);
-            let kind = if stored.is_some() {
-                "modified"
-            } else {
-                "added"
-            };
-            let version: i64 = sqlx::query_scalar(
-                "INSERT INTO changes (chat_id, kind, doc) VALUES (?1, ?2, ?3) RETURNING version",
-            )
-            .bind(batch.chat_id)
-            .bind(kind)
-            .bind(doc.to_string())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query(
-                "INSERT INTO batches (chat_id, seq, state, doc, version, expire_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (chat_id, seq) DO UPDATE SET state = excluded.state, doc = excluded.doc, \
-                 version = excluded.version, expire_at = excluded.expire_at",
-            )
-            .bind(batch.chat_id)
-            .bind(batch.seq as i64)
-            .bind(serde_json::to_string(batch).map_err(unavailable)?)
-            .bind(doc.to_string())
-            .bind(version)
-            .bind(super::doc::expire_at(batch, self.ttl).unix_timestamp())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            changes.push(Change {
-                version,
-                chat_id: batch.chat_id,
-                kind: kind.to_owned(),
-                doc,
-            });
-        }
-        let mut documents = changes.len();
-        if let Some(summary) = &w.summary {
-            sqlx::query(
-                "INSERT INTO summaries (chat_id, doc) VALUES (?1, ?2) \
-                 ON CONFLICT (chat_id) DO UPDATE SET doc = excluded.doc",
-            )
-            .bind(summary.chat_id)
-            .bind(summary_json(summary).to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            documents += 1;
-        }
-        if let Some(last) = changes.last() {
-            if last.version % 1000 == 0 {
-                sqlx::query("DELETE FROM changes WHERE version < ?1")
-                    .bind(last.version - KEEP_CHANGES)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            }
-        }
-        tx.commit().await.map_err(unavailable)?;
-        for change in changes {
-            // No subscribers is fine.
-            let _ = self.changes.send(change);
-        }
-        Ok(documents)
+        self.commit(Job::Write(Box::new(w.clone()))).await
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.read)
-            .await
-            .map_err(unavailable)?;
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await?;
+        if self.write.is_stopped() {
+            return Err(unavailable("the realtime.db writer has stopped"));
+        }
         Ok(())
     }
 
