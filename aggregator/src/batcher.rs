@@ -7,10 +7,24 @@
 //! messages themselves (sender, `sent_at`, size), never on when they arrive,
 //! so replaying the log after a crash rebuilds exactly the same batches.
 //!
-//! Writes: a new batch is written at once (together with the final state of
-//! the batch it closes, and the chat summary); growth of a batch is written
-//! at most once per `flush_interval`; [`Batcher::take_all`] hands out
-//! everything pending for the shutdown flush.
+//! Writes (each document at most once per `flush_interval`, so Firestore's
+//! one write per second per document holds, and as few as that allows):
+//! - a new batch is written at once (it is a new document), except when
+//!   the batch it closes still holds unwritten messages and was written less
+//!   than `flush_interval` ago: then both wait for the rest of that interval
+//!   and are written together (the closed one marked `closed`). They must go
+//!   together: once a newer batch is stored, a restart treats every earlier
+//!   log position as written;
+//! - growth of a batch is written at most once per `flush_interval`;
+//! - a batch whose messages were all written when it closed is not
+//!   rewritten just to set `closed`: it is over because a batch with a
+//!   higher `seq` exists, which clients see anyway. `closed` is set on the
+//!   documents where it comes free (size limits, and the final writes
+//!   above);
+//! - the chat summary follows the newest batch, written at most once per
+//!   `flush_interval`;
+//! - [`Batcher::take_all`] hands out everything pending, at once, for the
+//!   shutdown flush.
 //!
 //! Exactly-once effect: each batch remembers the log position of its last
 //! message. A redelivered message (position at or before that, on the same
@@ -140,8 +154,11 @@ pub struct Write {
     pub chat_id: Uuid,
     /// Batches closed since the last write, oldest first (written first).
     pub closing: Vec<Batch>,
+    /// The chat's newest batch: the sinks skip it when it is unchanged.
     pub batch: Batch,
-    /// Present when `batch` is new (the summary points at the newest batch).
+    /// Whether `batch` holds changes not written yet.
+    pub batch_changed: bool,
+    /// Present when the summary must move to a newer batch.
     pub summary: Option<Summary>,
     /// Log positions whose effect this write stores.
     pub covers: Vec<Position>,
@@ -150,7 +167,7 @@ pub struct Write {
 impl Write {
     /// Documents this write touches.
     pub fn documents(&self) -> usize {
-        1 + self.closing.len() + usize::from(self.summary.is_some())
+        usize::from(self.batch_changed) + self.closing.len() + usize::from(self.summary.is_some())
     }
 }
 
@@ -168,15 +185,24 @@ pub enum Applied {
 struct ChatState {
     /// The newest batch (open, or closed by a size limit).
     current: Option<Batch>,
-    /// Batches closed since the last write whose final state is not
-    /// written yet (oldest first).
+    /// Closed batches holding messages not written yet (oldest first).
     closing: Vec<Batch>,
+    /// Log positions of the unwritten messages in `closing`.
+    closing_pending: Vec<Position>,
     /// `current` has never been written.
     is_new: bool,
-    /// `current` (or `closing`) has changes not written yet.
-    dirty: bool,
+    /// Log positions of the unwritten messages in `current`.
     pending: Vec<Position>,
+    /// The summary must move to a newer batch.
+    summary_due: bool,
     last_write: Option<Instant>,
+    last_summary: Option<Instant>,
+}
+
+impl ChatState {
+    fn dirty(&self) -> bool {
+        !self.pending.is_empty() || !self.closing.is_empty() || self.summary_due
+    }
 }
 
 /// Per-chat batching state. Chats are loaded from the sink before their
@@ -246,26 +272,26 @@ impl Batcher {
                 && b.count() < limits.max_count
                 && b.bytes() + message.bytes() <= limits.max_bytes
         });
-        let had_pending = state.dirty;
-        state.pending.push(position);
-        state.dirty = true;
         if fits {
             if let Some(b) = state.current.as_mut() {
                 b.messages.push(message);
                 b.last_position = position;
                 b.closed = b.count() >= limits.max_count;
             }
+            state.pending.push(position);
             return Applied::Appended;
         }
         let seq = state.current.as_ref().map_or(1, |b| b.seq + 1);
         if let Some(mut previous) = state.current.take() {
-            // Its final state must be written if it changes now (closing)
-            // or still holds unwritten messages.
-            if !previous.closed || had_pending {
+            // A final write only if it still holds unwritten messages.
+            if !state.pending.is_empty() {
                 previous.closed = true;
                 state.closing.push(previous);
+                state.closing_pending.append(&mut state.pending);
             }
         }
+        state.pending.push(position);
+        state.summary_due = true;
         let batch = Batch {
             chat_id: event.chat_id,
             batch_id: event.id,
@@ -281,17 +307,15 @@ impl Batcher {
         Applied::Started
     }
 
-    /// Chats whose pending changes are due: new batches at once, growth
+    /// Chats whose pending changes are due: new batches at once, the rest
     /// once `flush_interval` has passed since the chat's last write.
     pub fn due(&self, now: Instant) -> Vec<Uuid> {
         let interval = self.limits.flush_interval;
         self.chats
             .iter()
             .filter(|(_, s)| {
-                s.dirty
-                    && (s.is_new
-                        || s.last_write
-                            .is_none_or(|t| now.duration_since(t) >= interval))
+                s.dirty()
+                    && ((s.is_new && s.closing.is_empty()) || spaced(s.last_write, now, interval))
             })
             .map(|(id, _)| *id)
             .collect()
@@ -302,20 +326,37 @@ impl Batcher {
         let interval = self.limits.flush_interval;
         self.chats
             .values()
-            .filter(|s| s.dirty)
+            .filter(|s| s.dirty())
             .map(|s| s.last_write.map_or_else(Instant::now, |t| t + interval))
             .min()
     }
 
-    /// The write that stores the chat's pending changes; the chat counts as
-    /// written from `now`. `None` when nothing is pending.
+    /// The write that stores what of the chat's pending changes may be
+    /// written at `now` (the newest batch's changes always; final states of
+    /// closed batches and the summary only `flush_interval` after the
+    /// previous write of the chat or summary). `None` when that is nothing.
     pub fn take_write(&mut self, chat: Uuid, now: Instant) -> Option<Write> {
+        self.take(chat, now, false)
+    }
+
+    fn take(&mut self, chat: Uuid, now: Instant, everything: bool) -> Option<Write> {
+        let interval = self.limits.flush_interval;
         let state = self.chats.get_mut(&chat)?;
-        if !state.dirty {
+        if !state.dirty() {
             return None;
         }
         let batch = state.current.clone()?;
-        let summary = state.is_new.then(|| Summary {
+        if !state.closing.is_empty() && !everything && !spaced(state.last_write, now, interval) {
+            // Final states of closed batches go in the same write as the
+            // batch after them: once a newer batch is stored, a restart
+            // treats every earlier log position as written.
+            return None;
+        }
+        let mut covers = std::mem::take(&mut state.closing_pending);
+        let closing = std::mem::take(&mut state.closing);
+        let summary = (state.summary_due
+            && (everything || spaced(state.last_summary, now, interval)))
+        .then(|| Summary {
             chat_id: chat,
             participants: batch.participants,
             last_batch_id: batch.batch_id,
@@ -323,25 +364,33 @@ impl Batcher {
             last_sender_id: batch.sender_id,
             last_activity: batch.last().sent_at,
         });
-        let write = Write {
-            chat_id: chat,
-            closing: std::mem::take(&mut state.closing),
-            batch,
-            summary,
-            covers: std::mem::take(&mut state.pending),
-        };
-        state.dirty = false;
+        let batch_changed = !state.pending.is_empty();
+        if !batch_changed && closing.is_empty() && summary.is_none() {
+            return None;
+        }
+        covers.append(&mut state.pending);
+        if summary.is_some() {
+            state.summary_due = false;
+            state.last_summary = Some(now);
+        }
         state.is_new = false;
         state.last_write = Some(now);
-        Some(write)
+        Some(Write {
+            chat_id: chat,
+            closing,
+            batch,
+            batch_changed,
+            summary,
+            covers,
+        })
     }
 
-    /// Every pending write (the shutdown flush).
+    /// Every pending write, whatever its spacing (the shutdown flush).
     pub fn take_all(&mut self, now: Instant) -> Vec<Write> {
         let chats: Vec<Uuid> = self.chats.keys().copied().collect();
         chats
             .into_iter()
-            .filter_map(|c| self.take_write(c, now))
+            .filter_map(|c| self.take(c, now, true))
             .collect()
     }
 
@@ -349,13 +398,22 @@ impl Batcher {
     /// source may commit only below the smallest of them.
     pub fn uncovered(&self) -> BTreeMap<i32, i64> {
         let mut low: BTreeMap<i32, i64> = BTreeMap::new();
-        for p in self.chats.values().flat_map(|s| s.pending.iter()) {
+        for p in self
+            .chats
+            .values()
+            .flat_map(|s| s.pending.iter().chain(&s.closing_pending))
+        {
             low.entry(p.partition)
                 .and_modify(|o| *o = (*o).min(p.offset))
                 .or_insert(p.offset);
         }
         low
     }
+}
+
+/// Whether a write at `now` keeps `interval` after the one at `last`.
+fn spaced(last: Option<Instant>, now: Instant, interval: Duration) -> bool {
+    last.is_none_or(|t| now.duration_since(t) >= interval)
 }
 
 fn gap(earlier: OffsetDateTime, later: OffsetDateTime) -> Duration {
@@ -456,14 +514,57 @@ mod tests {
         let (m2, p2) = chat.msg(1, 10, "hello");
         assert_eq!(b.apply(&m2, p2), Applied::Started);
         let w = b.take_write(chat.id, Instant::now()).expect("write");
-        let closing = w.closing[0].clone();
-        assert!(closing.closed);
-        assert_eq!(closing.batch_id, m1.id);
+        assert!(
+            w.closing.is_empty(),
+            "the first batch was fully written: no write just to close it"
+        );
         assert_eq!(
             (w.batch.seq, w.batch.batch_id, w.batch.closed),
             (2, m2.id, false)
         );
+        assert!(w.summary.is_none(), "the summary waits for the interval");
+        assert_eq!(w.documents(), 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.due(Instant::now()), vec![chat.id]);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert_eq!(w.summary.as_ref().map(|s| s.last_batch_id), Some(m2.id));
+        assert_eq!(w.documents(), 1, "the summary alone");
+        assert!(b.take_write(chat.id, Instant::now()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_batch_with_unwritten_messages_and_its_successor_wait_for_the_interval() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        let (m1, p1) = chat.msg(0, 0, "a");
+        b.apply(&m1, p1);
+        b.take_write(chat.id, Instant::now()).expect("write");
+        let (m2, p2) = chat.msg(0, 100, "b");
+        assert_eq!(b.apply(&m2, p2), Applied::Appended);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let (m3, p3) = chat.msg(1, 300, "c");
+        assert_eq!(b.apply(&m3, p3), Applied::Started);
+        assert!(
+            b.take_write(chat.id, Instant::now()).is_none(),
+            "the closed batch was written 300 ms ago: both wait"
+        );
+        assert_eq!(b.uncovered().get(&0), Some(&p2.offset));
+        tokio::time::advance(Duration::from_millis(699)).await;
+        assert!(b.due(Instant::now()).is_empty(), "not within the interval");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(b.due(Instant::now()), vec![chat.id]);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        let closing: Vec<(u64, usize, bool)> = w
+            .closing
+            .iter()
+            .map(|c| (c.seq, c.count(), c.closed))
+            .collect();
+        assert_eq!(closing, [(1, 2, true)]);
+        assert_eq!((w.batch.seq, w.batch_changed), (2, true));
+        assert!(w.summary.is_some());
         assert_eq!(w.documents(), 3);
+        assert_eq!(w.covers, vec![p2, p3]);
+        assert!(b.uncovered().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -760,7 +861,8 @@ mod tests {
                     prop_assert!(gap(pair[0].sent_at, pair[1].sent_at) <= limits.max_gap);
                 }
                 if let Some(next) = batches.get(i + 1) {
-                    prop_assert!(batch.closed, "all but the newest batch are closed");
+                    // (Not every older batch is marked closed: one fully
+                    // written when it closed is not rewritten for the flag.)
                     // Maximal: the same sender continues only where a limit split.
                     if next.sender_id == batch.sender_id {
                         let split = batch.count() == limits.max_count

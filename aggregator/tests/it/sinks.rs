@@ -70,6 +70,7 @@ fn write(batch: &Batch, closing: Option<&Batch>, new: bool) -> Write {
         chat_id: batch.chat_id,
         closing: closing.into_iter().cloned().collect(),
         batch: batch.clone(),
+        batch_changed: true,
         summary: new.then(|| Summary {
             chat_id: batch.chat_id,
             participants: batch.participants,
