@@ -47,12 +47,60 @@ pub struct EmbeddedSink {
     write: GroupWriter<Job, Done, SinkError>,
     read: ReadPool,
     changes: broadcast::Sender<Change>,
+    ttl: Duration,
 }
 
 enum Job {
-    Write(Box<Write>),
+    Write(Prepared),
     SetPosition(String, i64),
     Expire(i64),
+}
+
+/// A pipeline write with its JSON already encoded, so the writer thread
+/// only runs SQL.
+struct Prepared {
+    batches: Vec<PreparedBatch>,
+    summary: Option<(Uuid, String)>,
+}
+
+struct PreparedBatch {
+    chat_id: Uuid,
+    seq: i64,
+    count: i64,
+    closed: bool,
+    state: String,
+    doc: Value,
+    doc_text: String,
+    expire_at: i64,
+}
+
+impl PreparedBatch {
+    fn new(batch: &Batch, ttl: Duration) -> Result<Self, SinkError> {
+        let doc = batch_json(batch, ttl);
+        Ok(Self {
+            chat_id: batch.chat_id,
+            seq: batch.seq as i64,
+            count: batch.count() as i64,
+            closed: batch.closed,
+            state: serde_json::to_string(batch).map_err(unavailable)?,
+            doc_text: doc.to_string(),
+            doc,
+            expire_at: super::doc::expire_at(batch, ttl).unix_timestamp(),
+        })
+    }
+
+    /// Whether this state is the stored one (`Some(true)`), a step beyond
+    /// it (`Some(false)`), or behind it (`None`): the embedded
+    /// [`Batch::is_not_older_than`] for the same `seq`.
+    fn against(&self, count: i64, closed: bool) -> Option<bool> {
+        if self.count == count && self.closed == closed {
+            Some(true)
+        } else if self.count >= count && (self.closed || !closed) {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 struct Done {
@@ -88,7 +136,7 @@ impl EmbeddedSink {
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations")).await?;
         let conn = service_kit::sqlite::write_connection(&path)?;
         let write = GroupWriter::spawn("realtime.db", conn, GROUP, move |conn, job| match job {
-            Job::Write(w) => store_write(conn, &w, ttl),
+            Job::Write(w) => store_write(conn, w),
             Job::SetPosition(name, position) => {
                 conn.prepare_cached(
                     "INSERT INTO positions (name, position) VALUES (?1, ?2) \
@@ -108,6 +156,7 @@ impl EmbeddedSink {
             write,
             read,
             changes,
+            ttl,
         })
     }
 
@@ -265,59 +314,66 @@ fn record_change(conn: &Connection, chat: Uuid, kind: &str, doc: &str) -> rusqli
 }
 
 /// One pipeline write, atomically (it runs inside its own savepoint).
-fn store_write(conn: &Connection, w: &Write, ttl: Duration) -> Result<Done, SinkError> {
+fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
     let mut changes = Vec::new();
-    for batch in w.closing.iter().chain(std::iter::once(&w.batch)) {
-        let stored: Option<String> = conn
-            .prepare_cached("SELECT state FROM batches WHERE chat_id = ?1 AND seq = ?2")?
-            .query_row(params![batch.chat_id, batch.seq as i64], |r| r.get(0))
+    for batch in w.batches {
+        let stored: Option<(Option<i64>, Option<bool>, String)> = conn
+            .prepare_cached(
+                "SELECT count, closed, state FROM batches WHERE chat_id = ?1 AND seq = ?2",
+            )?
+            .query_row(params![batch.chat_id, batch.seq], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let stored: Option<Batch> = stored
-            .map(|s| serde_json::from_str(&s).map_err(unavailable))
-            .transpose()?;
-        match &stored {
-            Some(old) if old == batch => continue,
-            Some(old) if !batch.is_not_older_than(old) => {
-                return Err(SinkError::Stale(batch.chat_id))
+        let exists = stored.is_some();
+        if let Some((count, closed, state)) = stored {
+            let (count, closed) = match (count, closed) {
+                (Some(count), Some(closed)) => (count, closed),
+                _ => {
+                    // Written before the progress columns existed.
+                    let old: Batch = serde_json::from_str(&state).map_err(unavailable)?;
+                    (old.count() as i64, old.closed)
+                }
+            };
+            match batch.against(count, closed) {
+                Some(true) => continue,
+                Some(false) => {}
+                None => return Err(SinkError::Stale(batch.chat_id)),
             }
-            _ => {}
         }
-        let doc = batch_json(batch, ttl);
-        let doc_text = doc.to_string();
-        let kind = if stored.is_some() {
-            "modified"
-        } else {
-            "added"
-        };
-        let version = record_change(conn, batch.chat_id, kind, &doc_text)?;
+        let kind = if exists { "modified" } else { "added" };
+        let version = record_change(conn, batch.chat_id, kind, &batch.doc_text)?;
         conn.prepare_cached(
-            "INSERT INTO batches (chat_id, seq, state, doc, version, expire_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+            "INSERT INTO batches (chat_id, seq, state, doc, version, expire_at, count, closed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (chat_id, seq) DO UPDATE SET state = excluded.state, doc = excluded.doc, \
-             version = excluded.version, expire_at = excluded.expire_at",
+             version = excluded.version, expire_at = excluded.expire_at, count = excluded.count, \
+             closed = excluded.closed",
         )?
         .execute(params![
             batch.chat_id,
-            batch.seq as i64,
-            serde_json::to_string(batch).map_err(unavailable)?,
-            doc_text,
+            batch.seq,
+            batch.state,
+            batch.doc_text,
             version,
-            super::doc::expire_at(batch, ttl).unix_timestamp()
+            batch.expire_at,
+            batch.count,
+            batch.closed
         ])?;
         changes.push(Change {
             version,
             chat_id: batch.chat_id,
             kind: kind.to_owned(),
-            doc,
+            doc: batch.doc,
         });
     }
     let mut documents = changes.len();
-    if let Some(summary) = &w.summary {
+    if let Some((chat_id, doc)) = &w.summary {
         conn.prepare_cached(
             "INSERT INTO summaries (chat_id, doc) VALUES (?1, ?2) \
              ON CONFLICT (chat_id) DO UPDATE SET doc = excluded.doc",
         )?
-        .execute(params![summary.chat_id, summary_json(summary).to_string()])?;
+        .execute(params![chat_id, doc])?;
         documents += 1;
     }
     if let Some(last) = changes.last() {
@@ -370,7 +426,20 @@ impl Sink for EmbeddedSink {
     }
 
     async fn write(&self, w: &Write) -> Result<usize, SinkError> {
-        self.commit(Job::Write(Box::new(w.clone()))).await
+        let batch = w.batch_changed.then_some(&w.batch);
+        let prepared = Prepared {
+            batches: w
+                .closing
+                .iter()
+                .chain(batch)
+                .map(|b| PreparedBatch::new(b, self.ttl))
+                .collect::<Result<_, _>>()?,
+            summary: w
+                .summary
+                .as_ref()
+                .map(|s| (s.chat_id, summary_json(s).to_string())),
+        };
+        self.commit(Job::Write(prepared)).await
     }
 
     async fn ping(&self) -> Result<(), SinkError> {

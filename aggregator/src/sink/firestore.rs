@@ -199,7 +199,7 @@ impl Sink for FirestoreSink {
         let batches: Vec<FsBatch> = w
             .closing
             .iter()
-            .chain(std::iter::once(&w.batch))
+            .chain(w.batch_changed.then_some(&w.batch))
             .map(|b| FsBatch::from_batch(b, ttl))
             .collect();
         let summary = w.summary.as_ref().map(|s| FsSummary {
