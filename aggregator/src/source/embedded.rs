@@ -7,11 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use chat_events::MessageCreated;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
+use rusqlite::{params, OptionalExtension};
+use service_kit::sqlite::{ReadError, ReadPool};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -27,7 +26,7 @@ const PAGE: i64 = 512;
 /// is in a chat (for the SSE stream's access check).
 #[derive(Clone)]
 pub struct ChatDb {
-    pool: SqlitePool,
+    pool: ReadPool,
 }
 
 impl ChatDb {
@@ -44,26 +43,20 @@ impl ChatDb {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: ReadPool::open(&path, 4).await?,
+        })
     }
 
     /// The two participants of a chat, if it exists.
-    pub async fn participants(&self, chat: Uuid) -> Result<Option<[Uuid; 2]>, sqlx::Error> {
-        let row = sqlx::query("SELECT user_a, user_b FROM chats WHERE id = ?1")
-            .bind(chat)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok([r.try_get("user_a")?, r.try_get("user_b")?]))
-            .transpose()
+    pub async fn participants(&self, chat: Uuid) -> Result<Option<[Uuid; 2]>, ReadError> {
+        self.pool
+            .read(move |c| {
+                c.prepare_cached("SELECT user_a, user_b FROM chats WHERE id = ?1")?
+                    .query_row([chat], |r| Ok([r.get(0)?, r.get(1)?]))
+                    .optional()
+            })
+            .await
     }
 }
 
@@ -100,15 +93,20 @@ impl EmbeddedSource {
     }
 
     async fn fill(&mut self) -> Result<(), SourceError> {
-        let rows = sqlx::query("SELECT seq, payload FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .bind(self.seen)
-            .bind(PAGE)
-            .fetch_all(&self.db.pool)
+        let seen = self.seen;
+        let rows = self
+            .db
+            .pool
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT seq, payload FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![seen, PAGE], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(i64, Vec<u8>)>>>()
+            })
             .await
             .map_err(|e| SourceError::Failed(e.to_string()))?;
-        for row in rows {
-            self.buffer.push_back((row.get("seq"), row.get("payload")));
-        }
+        self.buffer.extend(rows);
         Ok(())
     }
 }
@@ -154,8 +152,10 @@ impl Source for EmbeddedSource {
     }
 
     async fn lag(&mut self) -> Option<i64> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM log")
-            .fetch_one(&self.db.pool)
+        let head: Option<i64> = self
+            .db
+            .pool
+            .read(|c| c.query_row("SELECT MAX(seq) FROM log", [], |r| r.get(0)))
             .await
             .ok()?;
         Some(head.unwrap_or(0) - self.committed)
