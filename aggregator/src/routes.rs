@@ -78,11 +78,11 @@ pub fn streams(state: StreamState) -> Router {
         .with_state(state)
 }
 
-fn event(kind: &str, version: i64, doc: &serde_json::Value) -> Event {
+fn event(kind: &str, version: i64, doc: &str) -> Event {
     Event::default()
         .event(kind)
         .id(version.to_string())
-        .data(doc.to_string())
+        .data(doc)
 }
 
 async fn stream(
@@ -183,7 +183,9 @@ async fn catch_up(
     match store.snapshot(chat, SNAPSHOT_BATCHES).await {
         Ok((docs, version)) => {
             for doc in &docs {
-                tx.send(event("added", version, doc)).await.ok()?;
+                tx.send(event("added", version, &doc.to_string()))
+                    .await
+                    .ok()?;
             }
             Some(version)
         }

@@ -81,18 +81,51 @@ type Queued<J, O, E> = (J, tokio::sync::oneshot::Sender<Result<O, E>>);
 /// fails is rolled back alone and gets its error; if the commit fails, every
 /// write of the group gets [`GroupError::Commit`] and none of it is stored.
 /// Concurrent writers so share one commit instead of queueing for one each.
+///
+/// The writer never checkpoints the WAL itself (a checkpoint syncs the file
+/// and would hold up every write queued behind it): a thread of its own does
+/// a passive checkpoint every [`CHECKPOINT_EVERY`], alongside the writes.
 pub struct GroupWriter<J, O, E> {
     jobs: tokio::sync::mpsc::Sender<Queued<J, O, E>>,
     name: &'static str,
+    /// Dropped with the last clone, which stops the checkpointer.
+    _checkpoints: std::sync::Arc<std::sync::mpsc::Sender<()>>,
 }
+
+/// How often the WAL is checkpointed, off the write path.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 impl<J, O, E> Clone for GroupWriter<J, O, E> {
     fn clone(&self) -> Self {
         Self {
             jobs: self.jobs.clone(),
             name: self.name,
+            _checkpoints: self._checkpoints.clone(),
         }
     }
+}
+
+/// Checkpoints `path`'s WAL every [`CHECKPOINT_EVERY`] until `stop`'s
+/// sender is gone.
+fn spawn_checkpointer(
+    name: &'static str,
+    path: &Path,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    let conn = rusqlite::Connection::open(path)?;
+    std::thread::Builder::new()
+        .name(format!("{name}-ckpt"))
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop.recv_timeout(CHECKPOINT_EVERY)
+            {
+                let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, db = name, "WAL checkpoint failed");
+                }
+            }
+        })?;
+    Ok(())
 }
 
 impl<J, O, E> GroupWriter<J, O, E>
@@ -101,17 +134,24 @@ where
     O: Send + 'static,
     E: From<GroupError> + From<rusqlite::Error> + Send + 'static,
 {
-    /// Starts the writer thread on `conn`. It ends when every clone of the
-    /// returned writer is gone and the queue is empty.
+    /// Starts the writer thread on the database at `path` (already
+    /// [`migrate`]d). It ends when every clone of the returned writer is gone
+    /// and the queue is empty.
     pub fn spawn<F>(
         name: &'static str,
-        mut conn: rusqlite::Connection,
+        path: &Path,
         max_group: usize,
         mut apply: F,
-    ) -> std::io::Result<Self>
+    ) -> anyhow::Result<Self>
     where
         F: FnMut(&rusqlite::Connection, J) -> Result<O, E> + Send + 'static,
     {
+        let mut conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        let (checkpoints, stop) = std::sync::mpsc::channel();
+        spawn_checkpointer(name, path, stop)?;
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<Queued<J, O, E>>(4 * max_group);
         std::thread::Builder::new()
             .name(format!("{name}-writer"))
@@ -127,7 +167,11 @@ where
                     commit_group(name, &mut conn, group, &mut apply);
                 }
             })?;
-        Ok(Self { jobs, name })
+        Ok(Self {
+            jobs,
+            name,
+            _checkpoints: std::sync::Arc::new(checkpoints),
+        })
     }
 
     /// Queues `job` and waits until its group has committed.
@@ -234,12 +278,4 @@ pub enum ReadError {
     Sqlite(#[from] rusqlite::Error),
     #[error("no read connection: {0}")]
     Pool(String),
-}
-
-/// The write connection of a database [`migrate`]d before.
-pub fn write_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(conn)
 }

@@ -13,9 +13,11 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::batcher::{Batch, Summary};
 
@@ -23,29 +25,71 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// The batch document as JSON (times as RFC 3339 strings).
-pub fn batch_json(batch: &Batch, ttl: Duration) -> Value {
-    json!({
-        "id": batch.batch_id,
-        "chat_id": batch.chat_id,
-        "participants": batch.participants,
-        "sender_id": batch.sender_id,
-        "seq": batch.seq,
-        "messages": batch.messages.iter().map(|m| json!({
-            "id": m.id,
-            "text": m.text,
-            "sent_at": rfc3339(m.sent_at),
-        })).collect::<Vec<_>>(),
-        "first_message_id": batch.first().id,
-        "last_message_id": batch.last().id,
-        "first_at": rfc3339(batch.first().sent_at),
-        "last_at": rfc3339(batch.last().sent_at),
-        "count": batch.count(),
-        "closed": batch.closed,
-        "expire_at": rfc3339(expire_at(batch, ttl)),
-        "log_partition": batch.last_position.partition,
-        "log_offset": batch.last_position.offset,
-    })
+/// The batch document, serialised straight from the batch (no
+/// intermediate `Value`: growing batches are rewritten often).
+#[derive(Serialize)]
+struct BatchDoc<'a> {
+    id: Uuid,
+    chat_id: Uuid,
+    participants: [Uuid; 2],
+    sender_id: Uuid,
+    seq: u64,
+    messages: Vec<MessageDoc<'a>>,
+    first_message_id: Uuid,
+    last_message_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    first_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    last_at: OffsetDateTime,
+    count: usize,
+    closed: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    expire_at: OffsetDateTime,
+    log_partition: i32,
+    log_offset: i64,
+}
+
+#[derive(Serialize)]
+struct MessageDoc<'a> {
+    id: Uuid,
+    text: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    sent_at: OffsetDateTime,
+}
+
+impl<'a> BatchDoc<'a> {
+    fn new(batch: &'a Batch, ttl: Duration) -> Self {
+        Self {
+            id: batch.batch_id,
+            chat_id: batch.chat_id,
+            participants: batch.participants,
+            sender_id: batch.sender_id,
+            seq: batch.seq,
+            messages: batch
+                .messages
+                .iter()
+                .map(|m| MessageDoc {
+                    id: m.id,
+                    text: &m.text,
+                    sent_at: m.sent_at,
+                })
+                .collect(),
+            first_message_id: batch.first().id,
+            last_message_id: batch.last().id,
+            first_at: batch.first().sent_at,
+            last_at: batch.last().sent_at,
+            count: batch.count(),
+            closed: batch.closed,
+            expire_at: expire_at(batch, ttl),
+            log_partition: batch.last_position.partition,
+            log_offset: batch.last_position.offset,
+        }
+    }
+}
+
+/// The batch document as JSON text (times as RFC 3339 strings).
+pub fn batch_json_text(batch: &Batch, ttl: Duration) -> String {
+    serde_json::to_string(&BatchDoc::new(batch, ttl)).unwrap_or_default()
 }
 
 pub fn summary_json(summary: &Summary) -> Value {

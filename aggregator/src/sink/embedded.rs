@@ -6,6 +6,7 @@
 //! what it missed, and broadcast to live streams after each commit.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use service_kit::sqlite::{GroupError, GroupWriter, ReadError, ReadPool};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::doc::{batch_json, summary_json};
+use super::doc::{batch_json_text, summary_json};
 use super::{Sink, SinkError};
 use crate::batcher::{Batch, Write};
 
@@ -36,7 +37,15 @@ pub struct Change {
     /// `added`, `modified` or `removed` (then `doc` is just `id`,
     /// `chat_id` and `seq`).
     pub kind: String,
-    pub doc: Value,
+    /// The document, JSON text (shared by every stream that sends it).
+    pub doc: Arc<str>,
+}
+
+impl Change {
+    /// The document as a JSON value.
+    pub fn doc_value(&self) -> Value {
+        serde_json::from_str(&self.doc).unwrap_or_default()
+    }
 }
 
 /// Writes go through one writer thread that group-commits them
@@ -69,22 +78,19 @@ struct PreparedBatch {
     count: i64,
     closed: bool,
     state: String,
-    doc: Value,
-    doc_text: String,
+    doc: Arc<str>,
     expire_at: i64,
 }
 
 impl PreparedBatch {
     fn new(batch: &Batch, ttl: Duration) -> Result<Self, SinkError> {
-        let doc = batch_json(batch, ttl);
         Ok(Self {
             chat_id: batch.chat_id,
             seq: batch.seq as i64,
             count: batch.count() as i64,
             closed: batch.closed,
             state: serde_json::to_string(batch).map_err(unavailable)?,
-            doc_text: doc.to_string(),
-            doc,
+            doc: batch_json_text(batch, ttl).into(),
             expire_at: super::doc::expire_at(batch, ttl).unix_timestamp(),
         })
     }
@@ -134,8 +140,7 @@ impl EmbeddedSink {
     pub async fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations")).await?;
-        let conn = service_kit::sqlite::write_connection(&path)?;
-        let write = GroupWriter::spawn("realtime.db", conn, GROUP, move |conn, job| match job {
+        let write = GroupWriter::spawn("realtime.db", &path, GROUP, move |conn, job| match job {
             Job::Write(w) => store_write(conn, w),
             Job::SetPosition(name, position) => {
                 conn.prepare_cached(
@@ -246,17 +251,16 @@ impl EmbeddedSink {
         let Some(rows) = found else {
             return Ok(None);
         };
-        rows.into_iter()
-            .map(|(version, kind, doc)| {
-                Ok(Change {
-                    version,
-                    chat_id: chat,
-                    kind,
-                    doc: serde_json::from_str(&doc).map_err(unavailable)?,
-                })
+        let changes = rows
+            .into_iter()
+            .map(|(version, kind, doc)| Change {
+                version,
+                chat_id: chat,
+                kind,
+                doc: doc.into(),
             })
-            .collect::<Result<Vec<_>, SinkError>>()
-            .map(Some)
+            .collect();
+        Ok(Some(changes))
     }
 
     /// The committed position of the embedded source `name`.
@@ -342,7 +346,7 @@ fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
             }
         }
         let kind = if exists { "modified" } else { "added" };
-        let version = record_change(conn, batch.chat_id, kind, &batch.doc_text)?;
+        let version = record_change(conn, batch.chat_id, kind, &batch.doc)?;
         conn.prepare_cached(
             "INSERT INTO batches (chat_id, seq, state, doc, version, expire_at, count, closed) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -354,7 +358,7 @@ fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
             batch.chat_id,
             batch.seq,
             batch.state,
-            batch.doc_text,
+            &*batch.doc,
             version,
             batch.expire_at,
             batch.count,
@@ -395,13 +399,14 @@ fn expire(conn: &Connection, now: i64) -> Result<Done, SinkError> {
     let mut changes = Vec::with_capacity(expired.len());
     for (chat_id, state) in expired {
         let batch: Batch = serde_json::from_str(&state).map_err(unavailable)?;
-        let doc = serde_json::json!({ "id": batch.batch_id, "chat_id": chat_id, "seq": batch.seq });
-        let version = record_change(conn, chat_id, "removed", &doc.to_string())?;
+        let doc = serde_json::json!({ "id": batch.batch_id, "chat_id": chat_id, "seq": batch.seq })
+            .to_string();
+        let version = record_change(conn, chat_id, "removed", &doc)?;
         changes.push(Change {
             version,
             chat_id,
             kind: "removed".into(),
-            doc,
+            doc: doc.into(),
         });
     }
     let documents = changes.len();

@@ -182,7 +182,7 @@ async fn expired_embedded_documents_are_removed_with_a_change() {
     assert_eq!(sink.expire(after).await.expect("expire"), 1);
     let removed = live.recv().await.expect("removed");
     assert_eq!(
-        (removed.kind.as_str(), removed.doc["seq"].as_u64()),
+        (removed.kind.as_str(), removed.doc_value()["seq"].as_u64()),
         ("removed", Some(1))
     );
     assert_eq!(sink.newest_batch(chat).await.expect("read"), None);

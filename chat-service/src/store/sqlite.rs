@@ -77,8 +77,7 @@ impl SqliteStore {
     pub async fn open(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations/sqlite")).await?;
-        let writer = service_kit::sqlite::write_connection(&path)?;
-        let write = GroupWriter::spawn("chat.db", writer, GROUP, move |conn, job| match job {
+        let write = GroupWriter::spawn("chat.db", &path, GROUP, move |conn, job| match job {
             Job::Insert(m) => insert(conn, outbox, m).map(Outcome::Inserted),
             Job::CreateChat(chat) => create_chat(conn, &chat).map(Outcome::Created),
         })?;
