@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -223,51 +222,46 @@ async fn aggregator(
         .await?
         .close()
         .await;
-    let port = testkit::free_port();
-    let mut child = Command::new(&bin)
-        .args(["--source", "kafka", "--sink", "embedded"])
-        .args(["--kafka-brokers", brokers, "--kafka-topic", TOPIC])
-        .args(["--kafka-group-id", &group("aggregator")])
+    let group = group("aggregator");
+    let args = [
+        "--source",
+        "kafka",
+        "--sink",
+        "embedded",
+        "--kafka-brokers",
+        brokers,
+        "--kafka-topic",
+        TOPIC,
+        "--kafka-group-id",
+        &group,
         // Only its SSE routes check tokens; none are used here.
-        .args(["--jwt-secret", "bench-secret-bench-secret-bench-secret"])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    testkit::wait_for_port(port, Duration::from_secs(30));
+        "--jwt-secret",
+        "bench-secret-bench-secret-bench-secret",
+    ];
+    let mut server = crate::Server::start_with(&bin, data, &args)?;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first = None;
     loop {
-        let taken = crate::messages_in(&http, &base).await.unwrap_or(0);
+        let taken = crate::messages_in(&http, &server.base).await.unwrap_or(0);
         if taken > 0 {
             first.get_or_insert_with(Instant::now);
         }
         if taken >= total as u64 {
             break;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            anyhow::bail!("aggregator took in only {taken} of {total} records");
-        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "aggregator took in only {taken} of {total} records"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "cannot stop the aggregator");
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let exit = tokio::task::block_in_place(|| server.stop())?;
     let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
     anyhow::ensure!(exit.success(), "the aggregator exited with {exit}");
 
     let store = aggregator::sink::embedded::EmbeddedSink::open(
-        data.path(),
+        server.data_dir(),
         Duration::from_secs(30 * 24 * 3600),
     )
     .await?;

@@ -8,7 +8,7 @@
 //! build both in the same profile (`cargo build --release --bins`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -193,14 +193,20 @@ struct Server {
 
 impl Server {
     fn start(bin: &PathBuf) -> anyhow::Result<Self> {
-        let data = tempfile::tempdir()?;
+        let args = ["--send-rate-per-sec", "1000000", "--send-burst", "1000000"];
+        Self::start_with(bin, tempfile::tempdir()?, &args)
+    }
+
+    /// Runs `bin --listen <free port> --data-dir <data> <args>` and waits
+    /// until it listens.
+    fn start_with(bin: &Path, data: tempfile::TempDir, args: &[&str]) -> anyhow::Result<Self> {
         let port = testkit::free_port();
         let child = Command::new(bin)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data.path())
-            .args(["--send-rate-per-sec", "1000000", "--send-burst", "1000000"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -212,6 +218,19 @@ impl Server {
             base: format!("http://127.0.0.1:{port}"),
             _data: data,
         })
+    }
+
+    fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
+    /// Stops it with SIGTERM (a graceful shutdown) and waits for it.
+    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "cannot signal {}", self.child.id());
+        Ok(self.child.wait()?)
     }
 
     /// Peak resident set size so far (VmHWM), MiB.
