@@ -78,7 +78,10 @@ impl Pipeline {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
         let mut shutdown = std::pin::pin!(shutdown);
         // Due growth is looked for at least as often as it may be written.
-        let mut tick = tokio::time::interval(TICK.min(self.batcher.limits().flush_interval));
+        let every = TICK
+            .min(self.batcher.limits().flush_interval)
+            .max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_lag = Instant::now();
         loop {
