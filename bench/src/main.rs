@@ -253,6 +253,8 @@ impl Drop for Server {
 struct User {
     id: String,
     token: String,
+    /// `Bearer <token>`, built once (the load generator shares the CPU).
+    auth: reqwest::header::HeaderValue,
 }
 
 struct Api {
@@ -278,9 +280,11 @@ impl Api {
             .error_for_status()?
             .json()
             .await?;
+        let token = login["access_token"].as_str().context("token")?.to_owned();
         Ok(User {
             id: login["user"]["id"].as_str().context("id")?.to_owned(),
-            token: login["access_token"].as_str().context("token")?.to_owned(),
+            auth: format!("Bearer {token}").parse()?,
+            token,
         })
     }
 
@@ -302,23 +306,58 @@ impl Api {
 /// A 64-byte message body, like a short chat line.
 pub(crate) const TEXT: &str = "benchmark message: the quick brown fox jumps over the lazy dog!!";
 
-async fn send(http: &reqwest::Client, base: &str, chat: &str, from: &User) -> Option<String> {
+/// The send request's body, encoded once.
+fn send_body() -> &'static str {
+    static BODY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| json!({ "text": TEXT }).to_string())
+}
+
+fn url(text: String) -> reqwest::Url {
+    reqwest::Url::parse(&text).unwrap_or_else(|e| panic!("bad URL {text}: {e}"))
+}
+
+/// `POST /chat/{chat}/messages` (`messages`: that URL, parsed once);
+/// the response, if it was 201.
+async fn post_message(
+    http: &reqwest::Client,
+    messages: &reqwest::Url,
+    from: &User,
+) -> Option<reqwest::Response> {
     let r = http
-        .post(format!("{base}/chat/{chat}/messages"))
-        .bearer_auth(&from.token)
-        .json(&json!({"text": TEXT}))
+        .post(messages.clone())
+        .header(reqwest::header::AUTHORIZATION, from.auth.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(send_body())
         .send()
         .await
         .ok()?;
-    if r.status() != 201 {
-        return None;
-    }
+    (r.status() == 201).then_some(r)
+}
+
+/// Sends one message; returns its id.
+async fn send(http: &reqwest::Client, base: &str, chat: &str, from: &User) -> Option<String> {
+    let r = post_message(http, &url(format!("{base}/chat/{chat}/messages")), from).await?;
     let m: Value = r.json().await.ok()?;
     m["id"].as_str().map(str::to_owned)
 }
 
-async fn get_ok(http: &reqwest::Client, url: String, token: &str) -> bool {
-    match http.get(url).bearer_auth(token).send().await {
+/// Sends one message and reads the whole response (like [`get_ok`]).
+async fn send_ok(http: &reqwest::Client, messages: &reqwest::Url, from: &User) -> bool {
+    match post_message(http, messages, from).await {
+        Some(r) => r.bytes().await.is_ok(),
+        None => false,
+    }
+}
+
+async fn get_ok(
+    http: &reqwest::Client,
+    url: reqwest::Url,
+    auth: &reqwest::header::HeaderValue,
+) -> bool {
+    let request = http
+        .get(url)
+        .header(reqwest::header::AUTHORIZATION, auth.clone());
+    match request.send().await {
         Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
         Err(_) => false,
     }
@@ -373,25 +412,29 @@ async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyh
 
     // 1. Send, next to the trivial authenticated route.
     progress("send baseline (GET /session)");
+    // URLs are parsed once, like a real client would: parsing (with IDNA)
+    // on every request was a visible part of the load generator's CPU.
+    let session = url(format!("{base}/session"));
     let baseline = {
-        let (http, base, users) = (http.clone(), base.clone(), users.clone());
+        let (http, session, users) = (http.clone(), session.clone(), users.clone());
         closed_loop(c, plan.phase, move |w, _| {
-            let (http, url, token) = (
-                http.clone(),
-                format!("{base}/session"),
-                users[2 * w].token.clone(),
-            );
-            async move { get_ok(&http, url, &token).await }
+            let (http, url, users) = (http.clone(), session.clone(), users.clone());
+            async move { get_ok(&http, url, &users[2 * w].auth).await }
         })
         .await
     };
     progress("send");
     let sends = {
-        let (http, base, users, chats) = (http.clone(), base.clone(), users.clone(), chats.clone());
+        let targets: Arc<Vec<reqwest::Url>> = Arc::new(
+            chats
+                .iter()
+                .map(|chat| url(format!("{base}/chat/{chat}/messages")))
+                .collect(),
+        );
+        let (http, users) = (http.clone(), users.clone());
         closed_loop(c, plan.phase, move |w, _| {
-            let (http, base, users, chats) =
-                (http.clone(), base.clone(), users.clone(), chats.clone());
-            async move { send(&http, &base, &chats[w], &users[2 * w]).await.is_some() }
+            let (http, users, targets) = (http.clone(), users.clone(), targets.clone());
+            async move { send_ok(&http, &targets[w], &users[2 * w]).await }
         })
         .await
     };
@@ -460,27 +503,23 @@ async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyh
     .await;
     progress("history");
     let history = {
-        let (http, base, ids, token, chat) = (
-            http.clone(),
-            base.clone(),
-            ids.clone(),
-            a.token.clone(),
-            history_chat.clone(),
-        );
+        let page = url(format!("{base}/chat/{history_chat}"));
+        let (http, ids, auth) = (http.clone(), ids.clone(), a.auth.clone());
         closed_loop(c, plan.phase, move |w, i| {
             let mut rng = rand::rngs::StdRng::seed_from_u64((w as u64) << 32 | i);
             let time = &ids[rng.gen_range(0..ids.len())];
-            let url = format!("{base}/chat/{chat}?time={time}&quantity=50");
-            let (http, token) = (http.clone(), token.clone());
-            async move { get_ok(&http, url, &token).await }
+            let mut url = page.clone();
+            url.set_query(Some(&format!("time={time}&quantity=50")));
+            let (http, auth) = (http.clone(), auth.clone());
+            async move { get_ok(&http, url, &auth).await }
         })
         .await
     };
     let baseline = {
-        let (http, base, token) = (http.clone(), base.clone(), a.token.clone());
+        let (http, auth) = (http.clone(), a.auth.clone());
         closed_loop(c, plan.phase, move |_, _| {
-            let (http, url, token) = (http.clone(), format!("{base}/session"), token.clone());
-            async move { get_ok(&http, url, &token).await }
+            let (http, url, auth) = (http.clone(), session.clone(), auth.clone());
+            async move { get_ok(&http, url, &auth).await }
         })
         .await
     };
