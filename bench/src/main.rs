@@ -192,7 +192,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &PathBuf) -> anyhow::Result<Self> {
+    fn start(bin: &Path) -> anyhow::Result<Self> {
         let args = ["--send-rate-per-sec", "1000000", "--send-burst", "1000000"];
         Self::start_with(bin, tempfile::tempdir()?, &args)
     }
@@ -382,7 +382,7 @@ fn figure(
     }
 }
 
-async fn run_http(plan: &Plan, bin: &PathBuf, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let server = Server::start(bin)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)

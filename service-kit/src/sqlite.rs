@@ -279,3 +279,64 @@ pub enum ReadError {
     #[error("no read connection: {0}")]
     Pool(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum TestError {
+        #[error(transparent)]
+        Group(#[from] GroupError),
+        #[error(transparent)]
+        Sqlite(#[from] rusqlite::Error),
+        #[error("refused {0}")]
+        Refused(i64),
+    }
+
+    static MIGRATOR: Migrator = sqlx::migrate!("./tests/migrations");
+
+    /// Writes `n` rows; odd ones are refused after their insert ran.
+    fn apply(conn: &rusqlite::Connection, n: i64) -> Result<i64, TestError> {
+        conn.execute("INSERT INTO rows (n) VALUES (?1)", [n])?;
+        if n % 2 == 1 {
+            return Err(TestError::Refused(n));
+        }
+        Ok(n)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_a_refused_one_rolls_back_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        migrate(&path, &MIGRATOR).await.expect("migrate");
+        let writer =
+            GroupWriter::<i64, i64, TestError>::spawn("t.db", &path, 16, apply).expect("writer");
+        let outcomes = futures::future::join_all((0..200).map(|n| {
+            let writer = writer.clone();
+            tokio::spawn(async move { (n, writer.write(n).await) })
+        }))
+        .await;
+        for done in outcomes {
+            let (n, outcome) = done.expect("task");
+            match outcome {
+                Ok(got) => assert_eq!((n % 2, got), (0, n)),
+                Err(TestError::Refused(got)) => assert_eq!((n % 2, got), (1, n)),
+                Err(e) => panic!("write {n}: {e}"),
+            }
+        }
+        // Every answer came after its commit: a fresh reader sees exactly
+        // the accepted rows.
+        let read = ReadPool::open(&path, 2).await.expect("pool");
+        let rows: Vec<i64> = read
+            .read(|c| {
+                c.prepare("SELECT n FROM rows ORDER BY n")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .expect("read");
+        assert_eq!(rows, (0..200).filter(|n| n % 2 == 0).collect::<Vec<i64>>());
+        drop(writer);
+    }
+}
