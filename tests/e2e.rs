@@ -57,29 +57,11 @@ struct User {
 }
 
 async fn user(http: &reqwest::Client, base: &str, name: &str, register: bool) -> User {
-    let body = json!({"username": name, "password": "password123"});
     if register {
-        let r = http
-            .post(format!("{base}/users"))
-            .json(&body)
-            .send()
-            .await
-            .expect("register");
-        assert_eq!(r.status(), 201);
+        assert_eq!(testkit::register(http, base, name).await, 201);
     }
-    let login: Value = http
-        .post(format!("{base}/login"))
-        .json(&body)
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    User {
-        id: login["user"]["id"].as_str().expect("id").to_owned(),
-        token: login["access_token"].as_str().expect("token").to_owned(),
-    }
+    let testkit::Login { id, token } = testkit::login(http, base, name).await;
+    User { id, token }
 }
 
 async fn history(http: &reqwest::Client, base: &str, chat: &str, u: &User) -> Vec<String> {

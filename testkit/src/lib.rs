@@ -1,5 +1,6 @@
 //! Helpers for integration tests: a Tansu broker per test (so a test can
-//! stop it), the shared Firestore emulator, and a Server-Sent Events reader.
+//! stop it), the shared Firestore emulator, a Server-Sent Events reader, and
+//! registering and logging in users over HTTP.
 //!
 //! A backend that is not available makes its tests print `SKIPPED …` and
 //! return, unless the matching `REQUIRE_…=1` is set (the README's test
@@ -185,5 +186,41 @@ impl SseReader {
             let chunk = chunk.ok()?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
+    }
+}
+
+/// The password every test user gets.
+pub const PASSWORD: &str = "password123";
+
+/// Registers `name` at auth `base` (`http://host:port`); returns the status.
+pub async fn register(http: &reqwest::Client, base: &str, name: &str) -> reqwest::StatusCode {
+    http.post(format!("{base}/users"))
+        .json(&serde_json::json!({ "username": name, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("register")
+        .status()
+}
+
+/// A logged-in user: id (as the API returns it) and access token.
+pub struct Login {
+    pub id: String,
+    pub token: String,
+}
+
+/// Logs `name` in at auth `base`.
+pub async fn login(http: &reqwest::Client, base: &str, name: &str) -> Login {
+    let login: serde_json::Value = http
+        .post(format!("{base}/login"))
+        .json(&serde_json::json!({ "username": name, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    Login {
+        id: login["user"]["id"].as_str().expect("id").to_owned(),
+        token: login["access_token"].as_str().expect("token").to_owned(),
     }
 }

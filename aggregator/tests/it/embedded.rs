@@ -97,28 +97,10 @@ impl Stack {
     }
 
     async fn user(&self, name: &str) -> User {
-        let body = json!({"username": name, "password": "password123"});
         let base = format!("http://{}", self.auth.addr);
-        self.http
-            .post(format!("{base}/users"))
-            .json(&body)
-            .send()
-            .await
-            .expect("register");
-        let login: Value = self
-            .http
-            .post(format!("{base}/login"))
-            .json(&body)
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        User {
-            id: login["user"]["id"].as_str().expect("id").to_owned(),
-            token: login["access_token"].as_str().expect("token").to_owned(),
-        }
+        testkit::register(&self.http, &base, name).await;
+        let testkit::Login { id, token } = testkit::login(&self.http, &base, name).await;
+        User { id, token }
     }
 
     async fn chat_between(&self, a: &User, b: &User) -> String {

@@ -110,32 +110,14 @@ impl Stack {
     /// Registers and logs in a user.
     pub async fn user(&self, name: &str) -> User {
         let auth = format!("http://{}", self.auth.addr);
-        let body = json!({ "username": name, "password": "password123" });
-        let r = self
-            .client
-            .post(format!("{auth}/users"))
-            .json(&body)
-            .send()
-            .await
-            .expect("register");
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let login: Value = self
-            .client
-            .post(format!("{auth}/login"))
-            .json(&body)
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
+        assert_eq!(
+            testkit::register(&self.client, &auth, name).await,
+            StatusCode::CREATED
+        );
+        let login = testkit::login(&self.client, &auth, name).await;
         User {
-            id: login["user"]["id"]
-                .as_str()
-                .expect("id")
-                .parse()
-                .expect("uuid"),
-            token: login["access_token"].as_str().expect("token").to_owned(),
+            id: login.id.parse().expect("uuid"),
+            token: login.token,
         }
     }
 
