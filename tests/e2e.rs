@@ -128,17 +128,7 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
         .await
         .expect("json");
     assert_eq!(found["users"][0]["id"], bob.id.as_str());
-    let chat: Value = http
-        .post(format!("{base}/chats"))
-        .bearer_auth(&alice.token)
-        .json(&json!({"user_id": bob.id}))
-        .send()
-        .await
-        .expect("chat")
-        .json()
-        .await
-        .expect("json");
-    let chat = chat["id"].as_str().expect("id").to_owned();
+    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
 
     let stream = http
         .get(format!("{base}/chat/{chat}/stream"))

@@ -224,3 +224,19 @@ pub async fn login(http: &reqwest::Client, base: &str, name: &str) -> Login {
         token: login["access_token"].as_str().expect("token").to_owned(),
     }
 }
+
+/// Starts (or gets) the chat between the holder of `token` and `other` at
+/// chat-service `base`; returns its id.
+pub async fn start_chat(http: &reqwest::Client, base: &str, token: &str, other: &str) -> String {
+    let chat: serde_json::Value = http
+        .post(format!("{base}/chats"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "user_id": other }))
+        .send()
+        .await
+        .expect("chat")
+        .json()
+        .await
+        .expect("json");
+    chat["id"].as_str().expect("id").to_owned()
+}

@@ -104,18 +104,8 @@ impl Stack {
     }
 
     async fn chat_between(&self, a: &User, b: &User) -> String {
-        let r: Value = self
-            .http
-            .post(format!("http://{}/chats", self.chat.addr))
-            .bearer_auth(&a.token)
-            .json(&json!({"user_id": b.id}))
-            .send()
-            .await
-            .expect("chat")
-            .json()
-            .await
-            .expect("json");
-        r["id"].as_str().expect("id").to_owned()
+        let base = format!("http://{}", self.chat.addr);
+        testkit::start_chat(&self.http, &base, &a.token, &b.id).await
     }
 
     async fn send(&self, chat: &str, from: &User, text: &str) -> Value {
