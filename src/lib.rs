@@ -43,13 +43,8 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Messages a user may send per second (sustained).
-    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 10)]
-    pub send_rate_per_sec: u32,
-
-    /// Messages a user may send in a burst.
-    #[arg(long, env = "SEND_BURST", default_value_t = 30)]
-    pub send_burst: u32,
+    #[command(flatten)]
+    pub send: chat_service::config::SendLimit,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
@@ -129,8 +124,7 @@ impl App {
         let sent = Arc::new(Notify::new());
         let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));
         let mut chat_config = chat_service::Config::embedded(dir);
-        chat_config.send_rate_per_sec = config.send_rate_per_sec;
-        chat_config.send_burst = config.send_burst;
+        chat_config.send = config.send.clone();
         let chat =
             chat_service::AppState::build_with(&chat_config, Some(users), Some(sent.clone()))
                 .await?;

@@ -6,11 +6,23 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use auth_validator::VerifierConfig;
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use secrecy::SecretString;
 use service_kit::telemetry::LogFormat;
 
 /// chat-service: chats, sending and TimeUUID history.
+/// The per-user send rate limit (also a setting of the all-in-one).
+#[derive(Debug, Clone, Args)]
+pub struct SendLimit {
+    /// Messages a user may send per second (sustained).
+    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 10)]
+    pub send_rate_per_sec: u32,
+
+    /// Messages a user may send in a burst.
+    #[arg(long, env = "SEND_BURST", default_value_t = 30)]
+    pub send_burst: u32,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chat-service", version, about)]
 pub struct Config {
@@ -36,13 +48,8 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogConfig,
 
-    /// Messages a user may send per second (sustained).
-    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 10)]
-    pub send_rate_per_sec: u32,
-
-    /// Messages a user may send in a burst.
-    #[arg(long, env = "SEND_BURST", default_value_t = 30)]
-    pub send_burst: u32,
+    #[command(flatten)]
+    pub send: SendLimit,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
@@ -159,10 +166,10 @@ impl Config {
             "--log embedded is the embedded store's outbox: it needs --store embedded"
         );
         anyhow::ensure!(
-            self.send_rate_per_sec > 0,
+            self.send.send_rate_per_sec > 0,
             "--send-rate-per-sec must be positive"
         );
-        anyhow::ensure!(self.send_burst > 0, "--send-burst must be positive");
+        anyhow::ensure!(self.send.send_burst > 0, "--send-burst must be positive");
         anyhow::ensure!(
             self.log.kafka_partitions > 0,
             "--kafka-partitions must be positive"

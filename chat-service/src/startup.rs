@@ -121,8 +121,8 @@ impl AppState {
                 )
             }
         };
-        let rate = NonZeroU32::new(config.send_rate_per_sec).context("send rate")?;
-        let burst = NonZeroU32::new(config.send_burst).context("send burst")?;
+        let rate = NonZeroU32::new(config.send.send_rate_per_sec).context("send rate")?;
+        let burst = NonZeroU32::new(config.send.send_burst).context("send burst")?;
         Ok(Self {
             sender: Arc::new(Sender::new(store.clone(), log.clone(), sent)),
             store,

@@ -57,8 +57,8 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut chat_service::Config)) -> Stack 
     let auth = start_auth(data_dir.path().to_path_buf()).await;
     let mut config = chat_service::Config::embedded(data_dir.path());
     config.auth_url = format!("http://{}", auth.addr);
-    config.send_rate_per_sec = 100_000;
-    config.send_burst = 100_000;
+    config.send.send_rate_per_sec = 100_000;
+    config.send.send_burst = 100_000;
     tweak(&mut config);
     let chat = start_chat(config.clone()).await;
     Stack {
