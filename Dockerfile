@@ -1,25 +1,45 @@
 # syntax=docker/dockerfile:1
 # One multi-stage build, one small image per service:
-#   docker build --target auth-service -t chat/auth-service .
-#   docker build --target chat-service -t chat/chat-service .
-#   docker build --target aggregator   -t chat/aggregator .
-#   docker build --target chat-backend -t chat/chat-backend .   (all-in-one, embedded)
-# The binaries are built by scripts/build-binaries, the same script CI runs.
+#   docker build --target auth-service -t chat/auth-service:dev .
+#   docker build --target chat-service -t chat/chat-service:dev .
+#   docker build --target aggregator   -t chat/aggregator:dev .
+#   docker build --target chat-backend -t chat/chat-backend:dev .   (all-in-one, embedded)
+#
+# Layers: cargo-chef compiles the dependencies from a recipe of the
+# manifests alone, so a code change rebuilds only the workspace's own crates.
+# Each target then builds just its binary, in the `dist` profile (release,
+# symbols stripped; see Cargo.toml).
 
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95-bookworm AS chef
 # rdkafka builds its bundled librdkafka with make; zlib for its compression.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
+RUN cargo install cargo-chef --locked --version ^0.1
 WORKDIR /src
-ENV CARGO_TARGET_DIR=/src/target
+
+FROM chef AS planner
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    ./scripts/build-binaries --release \
- && mkdir -p /out \
- && cp target/release/auth-service target/release/chat-service \
-       target/release/aggregator target/release/chat-backend /out/
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS deps
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --profile dist --locked --workspace --recipe-path recipe.json
+
+FROM deps AS source
+COPY . .
+
+FROM source AS build-auth-service
+RUN cargo build --profile dist --locked -p auth-service --bin auth-service
+
+FROM source AS build-chat-service
+RUN cargo build --profile dist --locked -p chat-service --bin chat-service
+
+FROM source AS build-aggregator
+RUN cargo build --profile dist --locked -p aggregator --bin aggregator
+
+FROM source AS build-chat-backend
+RUN cargo build --profile dist --locked -p chat-backend --bin chat-backend
 
 FROM debian:bookworm-slim AS runtime
 # curl only for container health checks.
@@ -27,31 +47,31 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl zlib1g \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin app \
- && mkdir /data && chown app /data
+ && mkdir /data && chown app /data && chmod 0700 /data
 USER 10001
 WORKDIR /data
 ENV DATA_DIR=/data LOG_FORMAT=json
 
 FROM runtime AS auth-service
-COPY --from=build /out/auth-service /usr/local/bin/
+COPY --from=build-auth-service /src/target/dist/auth-service /usr/local/bin/
 ENV AUTH_LISTEN=0.0.0.0:8081
 EXPOSE 8081
 ENTRYPOINT ["auth-service"]
 
 FROM runtime AS chat-service
-COPY --from=build /out/chat-service /usr/local/bin/
+COPY --from=build-chat-service /src/target/dist/chat-service /usr/local/bin/
 ENV CHAT_LISTEN=0.0.0.0:8082
 EXPOSE 8082
 ENTRYPOINT ["chat-service"]
 
 FROM runtime AS aggregator
-COPY --from=build /out/aggregator /usr/local/bin/
+COPY --from=build-aggregator /src/target/dist/aggregator /usr/local/bin/
 ENV AGGREGATOR_LISTEN=0.0.0.0:8083
 EXPOSE 8083
 ENTRYPOINT ["aggregator"]
 
 FROM runtime AS chat-backend
-COPY --from=build /out/chat-backend /usr/local/bin/
+COPY --from=build-chat-backend /src/target/dist/chat-backend /usr/local/bin/
 ENV LISTEN=0.0.0.0:8080
 EXPOSE 8080
 VOLUME ["/data"]

@@ -3,6 +3,34 @@
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Process groups of background backends, stopped when the calling script exits.
+BACKGROUND_PGIDS=()
+stop_background() {
+  local pgid
+  for pgid in "${BACKGROUND_PGIDS[@]}"; do
+    kill -TERM -- -"$pgid" 2>/dev/null || true
+  done
+}
+trap stop_background EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until `curl -fsS URL` answers, or the process group is gone.
+wait_for_http() {
+  local url=$1 pgid=$2 log=$3 what=$4
+  for _ in $(seq 1 120); do
+    if curl -fsS "$url" >/dev/null 2>&1; then
+      return 0
+    fi
+    kill -0 -- -"$pgid" 2>/dev/null || break
+    sleep 1
+  done
+  cat "$log" >&2
+  die "$what did not start (log above)"
+}
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
@@ -53,28 +81,50 @@ ensure_tansu() {
   echo "Tansu ready: $bin"
 }
 
-# The Firestore emulator (Google Cloud CLI, Java 17) on a free port, stopped
-# when the calling script exits. Exports FIRESTORE_EMULATOR_HOST.
+# The Firestore emulator (Google Cloud CLI, Java 17) on a free port,
+# enforcing firestore.rules for client requests (the services' admin
+# requests bypass rules), stopped when the calling script exits. Exports
+# FIRESTORE_EMULATOR_HOST.
 start_firestore_emulator() {
   command -v gcloud >/dev/null 2>&1 || die "gcloud (Google Cloud CLI with the Firestore emulator) is not installed"
   command -v java >/dev/null 2>&1 || die "java is needed by the Firestore emulator"
-  local port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  local log="${TMPDIR:-/tmp}/firestore-emulator-$port.log"
-  setsid gcloud emulators firestore start --host-port="127.0.0.1:$port" >"$log" 2>&1 &
-  FIRESTORE_EMULATOR_PGID=$!
-  trap 'kill -TERM -- -"$FIRESTORE_EMULATOR_PGID" 2>/dev/null || true' EXIT
-  for _ in $(seq 1 120); do
-    if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then
-      export FIRESTORE_EMULATOR_HOST="127.0.0.1:$port"
-      echo "Firestore emulator ready at $FIRESTORE_EMULATOR_HOST"
-      return 0
-    fi
-    kill -0 "$FIRESTORE_EMULATOR_PGID" 2>/dev/null || break
-    sleep 1
-  done
-  cat "$log" >&2
-  die "the Firestore emulator did not start (log above)"
+  local port log
+  port=$(free_port)
+  log="${TMPDIR:-/tmp}/firestore-emulator-$port.log"
+  setsid gcloud emulators firestore start --host-port="127.0.0.1:$port" --rules="$PWD/firestore.rules" >"$log" 2>&1 &
+  BACKGROUND_PGIDS+=("$!")
+  wait_for_http "http://127.0.0.1:$port/" "$!" "$log" "the Firestore emulator"
+  export FIRESTORE_EMULATOR_HOST="127.0.0.1:$port"
+  echo "Firestore emulator ready at $FIRESTORE_EMULATOR_HOST (rules: firestore.rules)"
+}
+
+# The Node packages of firebase/: the Firebase JS SDK, the rules test kit
+# and firebase-tools (for the Auth emulator). npm's cache is outside the
+# clone; nothing depends on it being there.
+ensure_firebase_packages() {
+  command -v npm >/dev/null 2>&1 || die "npm (Node.js) is needed for the Firebase tests"
+  npm ci --prefix firebase --no-audit --no-fund --loglevel=error \
+    || die "cannot install the Firebase packages (npm ci --prefix firebase)"
+}
+
+# The Firebase Auth emulator (firebase-tools) on a free port, for any
+# project id, stopped when the calling script exits. Exports
+# FIREBASE_AUTH_EMULATOR_HOST.
+start_firebase_auth_emulator() {
+  local port dir log
+  port=$(free_port)
+  dir=$(mktemp -d)
+  log="${TMPDIR:-/tmp}/firebase-auth-emulator-$port.log"
+  cat >"$dir/firebase.json" <<JSON
+{"emulators": {"auth": {"host": "127.0.0.1", "port": $port}, "ui": {"enabled": false},
+               "singleProjectMode": false}}
+JSON
+  (cd "$dir" && exec setsid "$OLDPWD/firebase/node_modules/.bin/firebase" emulators:start \
+      --only auth --project demo-chat-tests --config "$dir/firebase.json") >"$log" 2>&1 &
+  BACKGROUND_PGIDS+=("$!")
+  wait_for_http "http://127.0.0.1:$port/" "$!" "$log" "the Firebase Auth emulator"
+  export FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:$port"
+  echo "Firebase Auth emulator ready at $FIREBASE_AUTH_EMULATOR_HOST"
 }
 
 # Debian's Chromium for the browser test (the machine image does not have it).

@@ -51,6 +51,13 @@ pub struct Config {
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u64,
 
+    /// How long the consumer group may leave this aggregator without
+    /// partitions, while the topic has records that nobody consumes, before
+    /// it leaves and rejoins the group, milliseconds. Keep it above the
+    /// session timeout: a broker first waits that long for a crashed member.
+    #[arg(long, env = "KAFKA_STALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub kafka_stall_timeout_ms: u64,
+
     /// Longest pause between two polls before the consumer counts as stuck
     /// and leaves the group (it rejoins when it polls again), milliseconds.
     #[arg(long, env = "KAFKA_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::sink::embedded::{Change, EmbeddedSink};
 use crate::sink::Sink;
 use crate::source::embedded::ChatDb;
+use crate::source::SourceStatus;
 
 /// Newest batches sent when a stream starts; older ones come from history.
 pub const SNAPSHOT_BATCHES: i64 = 50;
@@ -33,6 +34,7 @@ pub const SNAPSHOT_BATCHES: i64 = 50;
 #[derive(Clone)]
 pub struct ProbeState {
     pub sink: Arc<dyn Sink>,
+    pub source: Arc<SourceStatus>,
 }
 
 pub fn probes(state: ProbeState) -> Router {
@@ -46,12 +48,20 @@ pub fn probes(state: ProbeState) -> Router {
         .with_state(state)
 }
 
+/// Ready when the sink answers and the source can deliver: a Kafka member
+/// without partitions (joining, rebalancing, or a spare replica) is not.
 async fn readyz(State(state): State<ProbeState>) -> Response {
+    if let Err(why) = state.source.check() {
+        return ApiError::unavailable(format!("source {}: {why}", state.source.backend()))
+            .into_response();
+    }
     match state.sink.ping().await {
-        Ok(()) => {
-            axum::Json(serde_json::json!({ "status": "ready", "sink": state.sink.backend() }))
-                .into_response()
-        }
+        Ok(()) => axum::Json(serde_json::json!({
+            "status": "ready",
+            "source": state.source.backend(),
+            "sink": state.sink.backend(),
+        }))
+        .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             ApiError::unavailable("sink unreachable").into_response()

@@ -18,7 +18,7 @@ use crate::sink::firestore::FirestoreSink;
 use crate::sink::Sink;
 use crate::source::embedded::{ChatDb, EmbeddedSource};
 use crate::source::kafka::{KafkaSource, KafkaSourceSettings};
-use crate::source::Source;
+use crate::source::{Source, SourceStatus};
 use crate::Config;
 
 /// How long a standalone aggregator waits for chat-service's `chat.db`.
@@ -36,6 +36,8 @@ pub struct Components {
     pub pipeline: Pipeline,
     /// Checks the sink.
     pub sink: Arc<dyn Sink>,
+    /// Whether the source can deliver (a Kafka member holds partitions).
+    pub source: Arc<SourceStatus>,
     /// `/chat/{id}/stream` (embedded sink only), without middleware.
     pub streams: Option<Router>,
     /// The embedded store, whose expired documents must be removed now and
@@ -94,6 +96,7 @@ impl Components {
                 group_id: config.kafka_group_id.clone(),
                 session_timeout: Duration::from_millis(config.kafka_session_timeout_ms),
                 max_poll_interval: Duration::from_millis(config.kafka_max_poll_interval_ms),
+                stall_timeout: Duration::from_millis(config.kafka_stall_timeout_ms),
             })?),
         };
         let streams = match (embedded.clone(), chat_db) {
@@ -107,9 +110,11 @@ impl Components {
             }
             _ => None,
         };
+        let source_status = source.status();
         Ok(Self {
             pipeline: Pipeline::new(source, sink.clone(), config.limits()),
             sink,
+            source: source_status,
             streams,
             embedded,
         })
@@ -119,7 +124,10 @@ impl Components {
 impl App {
     pub async fn build(config: Config, notify: Option<Arc<Notify>>) -> anyhow::Result<Self> {
         let parts = Components::build(&config, notify).await?;
-        let mut router = probes(ProbeState { sink: parts.sink });
+        let mut router = probes(ProbeState {
+            sink: parts.sink,
+            source: parts.source,
+        });
         if let Some(streams) = parts.streams {
             router = router.merge(streams);
         }

@@ -35,6 +35,9 @@ pub struct Config {
     #[command(flatten)]
     pub security: SecurityConfig,
 
+    #[command(flatten)]
+    pub firebase: crate::firebase::FirebaseConfig,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

@@ -8,6 +8,7 @@
 //! - [`passwords`]: argon2id hashing off the async runtime, with a cap on
 //!   concurrent hashes;
 //! - [`tokens`]: signing keys, access tokens, refresh tokens, JWKS;
+//! - [`firebase`]: Firebase custom tokens for Firestore listeners;
 //! - [`limiter`]: failed-login limits per account and per client address;
 //! - [`routes`]: the HTTP API; [`startup`]: wiring and the server.
 //!
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod firebase;
 pub mod limiter;
 pub mod passwords;
 pub mod routes;

@@ -42,6 +42,7 @@ pub fn api(state: AppState) -> Router {
         .route("/login", post(login))
         .route("/token/refresh", post(refresh))
         .route("/logout", post(logout))
+        .route("/token/firebase", post(firebase_token))
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
@@ -67,6 +68,7 @@ pub fn probes(state: AppState) -> Router {
         login,
         refresh,
         logout,
+        firebase_token,
         search_users,
         me,
         user_by_id,
@@ -79,6 +81,7 @@ pub fn probes(state: AppState) -> Router {
         LoginRequest,
         RefreshRequest,
         TokenResponse,
+        FirebaseTokenResponse,
         PrivateUser,
         PublicUser,
         UserPage,
@@ -161,6 +164,15 @@ pub struct TokenResponse {
     /// Single use: each refresh returns a new one.
     pub refresh_token: String,
     pub user: PrivateUser,
+}
+
+/// A Firebase custom token for `signInWithCustomToken`.
+#[derive(Serialize, ToSchema)]
+pub struct FirebaseTokenResponse {
+    /// RS256 JWT whose `uid` is the caller's user id.
+    pub token: String,
+    /// Seconds until it can no longer be exchanged (at most 3600).
+    pub expires_in: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -474,6 +486,32 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Priv
         .await?
         .ok_or(Error::NotFound)?;
     Ok(Json(PrivateUser::from(&user)))
+}
+
+/// A Firebase custom token for the caller, to sign in to Firebase and
+/// listen to their chats' Firestore documents.
+#[utoipa::path(post, path = "/token/firebase", security(("bearer" = [])), responses(
+    (status = 200, body = FirebaseTokenResponse),
+    (status = 401, body = ErrorBody),
+    (status = 501, description = "no Firebase service account is configured", body = ErrorBody),
+))]
+async fn firebase_token(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> std::result::Result<Json<FirebaseTokenResponse>, ApiError> {
+    let Some(firebase) = &state.firebase else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "firebase_not_configured",
+            "this server has no Firebase service account (--firebase-service-account-file)",
+        ));
+    };
+    let now = u64::try_from(unix_now()).unwrap_or(0);
+    let (token, expires_in) = firebase.mint(caller.id, now).map_err(|e| {
+        tracing::error!(error = %e, "cannot sign a Firebase custom token");
+        ApiError::internal()
+    })?;
+    Ok(Json(FirebaseTokenResponse { token, expires_in }))
 }
 
 /// One user's public profile.

@@ -13,6 +13,7 @@ use axum::Router;
 use secrecy::ExposeSecret;
 use service_kit::server::Listener;
 
+use crate::firebase::FirebaseTokens;
 use crate::limiter::FailureLimiter;
 use crate::passwords::Passwords;
 use crate::store::Db;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub account_limiter: Arc<FailureLimiter>,
     pub address_limiter: Arc<FailureLimiter>,
     pub client_ip_header: Option<HeaderName>,
+    /// Signs Firebase custom tokens, when a service account is configured.
+    pub firebase: Option<Arc<FirebaseTokens>>,
 }
 
 impl FromRef<AppState> for Verifier {
@@ -54,6 +57,7 @@ impl AppState {
         .await?;
         db.migrate().await?;
         let tokens = Tokens::from_config(&config.tokens, &config.data_dir)?;
+        let firebase = FirebaseTokens::from_config(&config.firebase)?.map(Arc::new);
         let sec = &config.security;
         let hashes = sec
             .max_concurrent_hashes
@@ -80,6 +84,7 @@ impl AppState {
                 window,
             )),
             client_ip_header,
+            firebase,
         })
     }
 }

@@ -93,6 +93,94 @@ impl Drop for Broker {
     }
 }
 
+/// The Firebase Auth emulator's `host:port` from
+/// `FIREBASE_AUTH_EMULATOR_HOST`, or `None` (saying so) unless
+/// `REQUIRE_FIREBASE_AUTH=1`.
+pub fn firebase_auth_emulator() -> Option<String> {
+    match std::env::var("FIREBASE_AUTH_EMULATOR_HOST") {
+        Ok(host) if !host.is_empty() => Some(host),
+        _ => {
+            assert!(
+                !required("REQUIRE_FIREBASE_AUTH"),
+                "REQUIRE_FIREBASE_AUTH=1 but FIREBASE_AUTH_EMULATOR_HOST is not set"
+            );
+            eprintln!("SKIPPED Firebase test: FIREBASE_AUTH_EMULATOR_HOST is not set");
+            None
+        }
+    }
+}
+
+/// A binary of this workspace (`auth-service`, `chat-service`,
+/// `aggregator`, …) from the target directory the running test was built
+/// in. The test command builds them all first (`scripts/build-binaries`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run scripts/build-binaries (the test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+}
+
+impl Process {
+    /// Spawns `command` (stdout discarded unless the command says
+    /// otherwise, stderr inherited) and, if given, waits for `port`.
+    pub fn spawn(name: &str, command: &mut Command, port: Option<u16>) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let process = Self {
+            name: name.to_owned(),
+            child,
+        };
+        if let Some(port) = port {
+            wait_for_port(port, Duration::from_secs(60));
+        }
+        process
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// SIGKILL: no flush, no commit, no goodbye to the consumer group.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The Firestore emulator's `host:port` from `FIRESTORE_EMULATOR_HOST`, or
 /// `None` (saying so) unless `REQUIRE_FIRESTORE=1`.
 pub fn firestore_emulator() -> Option<String> {

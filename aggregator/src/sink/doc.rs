@@ -1,15 +1,21 @@
 //! The document shape clients read, the same in Firestore and embedded.
 //!
 //! `chats/{chat_id}/batches/{batch_id}`:
-//! `chat_id`, `participants`, `sender_id`, `seq` (1, 2, 3… per chat: a gap
+//! `chat_id`, `members`, `sender_id`, `seq` (1, 2, 3… per chat: a gap
 //! means a missed batch, so fall back to history), `messages` (`id`, `text`,
 //! `sent_at`), `first_message_id`, `last_message_id`, `first_at`,
 //! `last_at`, `count`, `closed`, `expire_at` (for a TTL policy: history lives
 //! in the message store), and `log_partition` / `log_offset` (the log
 //! position of the last message, used by the aggregator itself).
 //!
-//! `chats/{chat_id}`: `chat_id`, `participants`, `last_batch_id`,
+//! `chats/{chat_id}`: `chat_id`, `members`, `last_batch_id`,
 //! `last_batch_seq`, `last_sender_id`, `last_activity`.
+//!
+//! `members` lists the user ids allowed to read the chat: Firestore's rules
+//! read it from the chat document, and clients list their chats with
+//! `where("members", "array-contains", uid)` (`firestore.indexes.json`).
+//! Documents written before it was named `members` said `participants`;
+//! the Firestore sink still reads those.
 
 use std::time::Duration;
 
@@ -31,7 +37,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 struct BatchDoc<'a> {
     id: Uuid,
     chat_id: Uuid,
-    participants: [Uuid; 2],
+    members: [Uuid; 2],
     sender_id: Uuid,
     seq: u64,
     messages: Vec<MessageDoc<'a>>,
@@ -62,7 +68,7 @@ impl<'a> BatchDoc<'a> {
         Self {
             id: batch.batch_id,
             chat_id: batch.chat_id,
-            participants: batch.participants,
+            members: batch.participants,
             sender_id: batch.sender_id,
             seq: batch.seq,
             messages: batch
@@ -95,7 +101,7 @@ pub fn batch_json_text(batch: &Batch, ttl: Duration) -> String {
 pub fn summary_json(summary: &Summary) -> Value {
     json!({
         "chat_id": summary.chat_id,
-        "participants": summary.participants,
+        "members": summary.participants,
         "last_batch_id": summary.last_batch_id,
         "last_batch_seq": summary.last_batch_seq,
         "last_sender_id": summary.last_sender_id,

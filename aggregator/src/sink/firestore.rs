@@ -33,7 +33,8 @@ pub struct FsMessage {
 pub struct FsBatch {
     pub id: String,
     pub chat_id: String,
-    pub participants: Vec<String>,
+    #[serde(alias = "participants")]
+    pub members: Vec<String>,
     pub sender_id: String,
     pub seq: i64,
     pub messages: Vec<FsMessage>,
@@ -52,7 +53,8 @@ pub struct FsBatch {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FsSummary {
     pub chat_id: String,
-    pub participants: Vec<String>,
+    #[serde(alias = "participants")]
+    pub members: Vec<String>,
     pub last_batch_id: String,
     pub last_batch_seq: i64,
     pub last_sender_id: String,
@@ -64,7 +66,7 @@ impl FsBatch {
         Self {
             id: b.batch_id.to_string(),
             chat_id: b.chat_id.to_string(),
-            participants: b.participants.iter().map(Uuid::to_string).collect(),
+            members: b.participants.iter().map(Uuid::to_string).collect(),
             sender_id: b.sender_id.to_string(),
             seq: b.seq as i64,
             messages: b
@@ -91,7 +93,7 @@ impl FsBatch {
     pub fn to_batch(&self) -> Result<Batch, String> {
         let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| format!("{s}: {e}"));
         let participants: Vec<Uuid> = self
-            .participants
+            .members
             .iter()
             .map(|p| uuid(p))
             .collect::<Result<_, _>>()?;
@@ -204,7 +206,7 @@ impl Sink for FirestoreSink {
             .collect();
         let summary = w.summary.as_ref().map(|s| FsSummary {
             chat_id: s.chat_id.to_string(),
-            participants: s.participants.iter().map(Uuid::to_string).collect(),
+            members: s.participants.iter().map(Uuid::to_string).collect(),
             last_batch_id: s.last_batch_id.to_string(),
             last_batch_seq: s.last_batch_seq as i64,
             last_sender_id: s.last_sender_id.to_string(),

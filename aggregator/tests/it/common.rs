@@ -15,6 +15,9 @@ use uuid::Uuid;
 pub const TOPIC: &str = "chat.messages";
 /// Consumer session timeout of the aggregators the tests start.
 pub const SESSION_TIMEOUT_MS: u64 = 6000;
+/// How long they wait without partitions (while records go unread) before
+/// rejoining the group.
+pub const STALL_TIMEOUT_MS: u64 = 10_000;
 
 pub async fn create_topic(brokers: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -119,6 +122,7 @@ impl AggregatorProcess {
                 "--kafka-session-timeout-ms",
                 &SESSION_TIMEOUT_MS.to_string(),
             ])
+            .args(["--kafka-stall-timeout-ms", &STALL_TIMEOUT_MS.to_string()])
             .args(["--kafka-max-poll-interval-ms", "20000"])
             .args(["--firestore-project-id", project])
             .args(["--flush-interval-ms", &flush_ms.to_string()])
@@ -149,6 +153,15 @@ impl AggregatorProcess {
             .arg(self.child.id().to_string())
             .status();
         self.child.wait().expect("wait")
+    }
+
+    /// The status of `GET /readyz`.
+    pub async fn readiness(&self) -> u16 {
+        reqwest::get(format!("http://127.0.0.1:{}/readyz", self.port))
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16()
     }
 
     /// A counter from `/metrics` (0 when not yet recorded).

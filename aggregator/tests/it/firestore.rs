@@ -52,7 +52,7 @@ async fn messages_become_batch_documents_and_bursts_cost_few_writes() {
     assert_eq!(first.first_message_id, sent[0].id.to_string());
     assert_eq!(first.last_message_id, sent[1].id.to_string());
     assert!(first.expire_at > first.last_at);
-    let mut participants = first.participants.clone();
+    let mut participants = first.members.clone();
     participants.sort();
     let mut expected: Vec<String> = chat.users.iter().map(Uuid::to_string).collect();
     expected.sort();

@@ -11,6 +11,13 @@
 //!   with a lightweight transaction (`IF NOT EXISTS`), which makes the
 //!   idempotency check race-free across replicas.
 //!
+//! ScyllaDB 6.x creates keyspaces with tablets by default, and tablets refuse
+//! lightweight transactions before ScyllaDB 2025.4. Where the server knows
+//! tablets, the keyspace is created with `tablets = {'enabled': false}`
+//! (a ScyllaDB-only option, so it is added only there), and an existing
+//! keyspace that uses tablets is refused at start-up with a clear error
+//! instead of failing on the first chat.
+//!
 //! One shared session; every statement is prepared once at start-up, with
 //! the configured consistency (LOCAL_QUORUM by default; LWTs use
 //! LOCAL_SERIAL). Plain writes are marked idempotent, so the driver may retry
@@ -79,6 +86,63 @@ pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
     })
 }
 
+/// `CREATE KEYSPACE` for the store; `tablets_option` adds ScyllaDB's
+/// `tablets = {'enabled': false}` (lightweight transactions need vnodes
+/// before ScyllaDB 2025.4; Cassandra rejects the option).
+pub fn keyspace_ddl(keyspace: &str, replication_factor: u32, tablets_option: bool) -> String {
+    let mut ddl = format!(
+        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
+         {{'class': 'NetworkTopologyStrategy', 'replication_factor': {replication_factor}}}"
+    );
+    if tablets_option {
+        ddl.push_str(" AND tablets = {'enabled': false}");
+    }
+    ddl
+}
+
+/// Whether the server has tablets (ScyllaDB 6.0 and later): its
+/// `system_schema.scylla_keyspaces` table has an `initial_tablets` column.
+/// Cassandra has no such table, and the query returns nothing there.
+async fn server_has_tablets(session: &Session) -> anyhow::Result<bool> {
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = 'system_schema' \
+             AND table_name = 'scylla_keyspaces'",
+            &[],
+        )
+        .await
+        .context("reading the server's schema tables")?
+        .into_rows_result()
+        .context("reading the server's schema tables")?;
+    let mut found = false;
+    for row in rows.rows::<(String,)>().context("schema rows")? {
+        found |= row.context("schema row")?.0 == "initial_tablets";
+    }
+    Ok(found)
+}
+
+/// Fails when `keyspace` already exists with tablets enabled: lightweight
+/// transactions would fail on every chat.
+async fn refuse_tablets_keyspace(session: &Session, keyspace: &str) -> anyhow::Result<()> {
+    let rows = session
+        .query_unpaged(
+            "SELECT initial_tablets FROM system_schema.scylla_keyspaces WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await
+        .context("reading the keyspace's tablets setting")?
+        .into_rows_result()
+        .context("reading the keyspace's tablets setting")?;
+    for row in rows.rows::<(Option<i32>,)>().context("keyspace rows")? {
+        anyhow::ensure!(
+            row.context("keyspace row")?.0.is_none(),
+            "keyspace {keyspace} uses tablets, which refuse the lightweight transactions this \
+             store needs (before ScyllaDB 2025.4): recreate it with tablets = {{'enabled': false}}"
+        );
+    }
+    Ok(())
+}
+
 impl CqlStore {
     pub async fn connect(settings: &CqlSettings) -> anyhow::Result<Self> {
         let mut builder = SessionBuilder::new().known_nodes(&settings.contact_points);
@@ -94,12 +158,9 @@ impl CqlStore {
             !ks.is_empty() && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "keyspace names are letters, digits and '_'"
         );
+        let tablets = server_has_tablets(&session).await?;
         let schema = [
-            format!(
-                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
-                 {{'class': 'NetworkTopologyStrategy', 'replication_factor': {}}}",
-                settings.replication_factor
-            ),
+            keyspace_ddl(ks, settings.replication_factor, tablets),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.chats (chat_id uuid PRIMARY KEY, \
                  user_a uuid, user_a_name text, user_b uuid, user_b_name text, created_at bigint)"
@@ -133,6 +194,9 @@ impl CqlStore {
             .await_schema_agreement()
             .await
             .context("schema agreement")?;
+        if tablets {
+            refuse_tablets_keyspace(&session, ks).await?;
+        }
 
         let c = settings.consistency;
         let prepare = |text: String, idempotent: bool| {
@@ -556,5 +620,22 @@ impl MessageStore for CqlStore {
 
     fn backend(&self) -> &'static str {
         "cql"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keyspace_ddl;
+
+    #[test]
+    fn keyspaces_disable_tablets_only_where_the_server_has_them() {
+        let scylla = keyspace_ddl("chat", 3, true);
+        assert!(
+            scylla.ends_with(" AND tablets = {'enabled': false}"),
+            "{scylla}"
+        );
+        let cassandra = keyspace_ddl("chat", 3, false);
+        assert!(!cassandra.contains("tablets"), "{cassandra}");
+        assert!(cassandra.contains("'replication_factor': 3"), "{cassandra}");
     }
 }
