@@ -165,6 +165,7 @@ mod tests {
         let ok = Command::new("openssl")
             .args([
                 "genpkey",
+                "-quiet",
                 "-algorithm",
                 "RSA",
                 "-pkeyopt",

@@ -81,6 +81,7 @@ fn service_account(dir: &Path, project: &str) -> PathBuf {
     let ok = Command::new("openssl")
         .args([
             "genpkey",
+            "-quiet",
             "-algorithm",
             "RSA",
             "-pkeyopt",

@@ -16,7 +16,8 @@ pub const TOPIC: &str = "chat.messages";
 /// Consumer session timeout of the aggregators the tests start.
 pub const SESSION_TIMEOUT_MS: u64 = 6000;
 /// How long they wait without partitions (while records go unread) before
-/// rejoining the group.
+/// rejoining the group. `max.poll.interval.ms` (librdkafka's rebalance
+/// timeout) keeps its production default of 300 s, as in a deployment.
 pub const STALL_TIMEOUT_MS: u64 = 10_000;
 
 pub async fn create_topic(brokers: &str, partitions: i32) {
@@ -107,6 +108,17 @@ pub struct AggregatorProcess {
 
 impl AggregatorProcess {
     pub fn start(brokers: &str, project: &str, data_dir: &std::path::Path, flush_ms: u64) -> Self {
+        Self::start_with_session(brokers, project, data_dir, flush_ms, SESSION_TIMEOUT_MS)
+    }
+
+    /// [`Self::start`] with another consumer session timeout.
+    pub fn start_with_session(
+        brokers: &str,
+        project: &str,
+        data_dir: &std::path::Path,
+        flush_ms: u64,
+        session_timeout_ms: u64,
+    ) -> Self {
         let port = testkit::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
             .args(["--source", "kafka", "--sink", "firestore"])
@@ -120,10 +132,9 @@ impl AggregatorProcess {
             ])
             .args([
                 "--kafka-session-timeout-ms",
-                &SESSION_TIMEOUT_MS.to_string(),
+                &session_timeout_ms.to_string(),
             ])
             .args(["--kafka-stall-timeout-ms", &STALL_TIMEOUT_MS.to_string()])
-            .args(["--kafka-max-poll-interval-ms", "20000"])
             .args(["--firestore-project-id", project])
             .args(["--flush-interval-ms", &flush_ms.to_string()])
             .args(["--batch-max-count", "40"])

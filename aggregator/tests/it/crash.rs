@@ -58,11 +58,16 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         })
     };
 
+    // Every restart follows its SIGKILL at once, as a supervisor's does, so
+    // each new member joins while the dead one still counts in the group
+    // (Tansu then hands the dead member every partition and never
+    // rebalances again: the aggregator must rejoin by itself).
+    let mut aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
     for round in 0..KILLS {
-        let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
         let alive = Duration::from_millis(rng.gen_range(2500..5000));
         tokio::time::sleep(alive).await;
         aggregator.kill();
+        aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
         let mut stored = 0;
         for c in &chat_ids {
             stored += batches(&db, *c)
@@ -71,15 +76,12 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
                 .map(|b| b.messages.len())
                 .sum::<usize>();
         }
-        eprintln!("round {round}: SIGKILL after {alive:?}; {stored} messages in documents so far");
-        // Restarted at once, as a supervisor does: the new member must get
-        // the partitions back by itself, whatever the dead member's session.
+        eprintln!("round {round}: SIGKILL after {alive:?}, restarted at once; {stored} messages in documents so far");
     }
     producing.await.expect("producer");
-    let aggregator = AggregatorProcess::start(&brokers, &project, data.path(), 300);
 
     // Wait for everything, then check every chat. No restart from here on:
-    // the aggregator must recover its partitions by itself.
+    // the last aggregator must get partitions by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     let expected: HashMap<Uuid, Vec<Uuid>> = events.iter().fold(HashMap::new(), |mut m, e| {
         m.entry(e.chat_id).or_default().push(e.id);
@@ -104,6 +106,10 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         aggregator.readiness().await,
         200,
         "ready once it holds partitions"
+    );
+    eprintln!(
+        "the last aggregator rejoined the group {} time(s)",
+        aggregator.metric("aggregator_group_rejoins_total").await as u64
     );
     assert!(aggregator.stop().success());
 

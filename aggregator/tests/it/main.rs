@@ -3,11 +3,13 @@
 //!   chat-service, aggregator on one data directory) and the SSE stream;
 //! - `firestore`: the aggregator binary consuming a real Kafka-protocol
 //!   broker (Tansu) into the real Firestore emulator;
-//! - `crash`: the same, killed with SIGKILL again and again mid-stream.
+//! - `crash`: the same, killed with SIGKILL again and again mid-stream;
+//! - `group`: consumer-group membership after an immediate restart.
 
 mod common;
 
 mod crash;
 mod embedded;
 mod firestore;
+mod group;
 mod sinks;
