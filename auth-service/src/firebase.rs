@@ -157,36 +157,18 @@ mod tests {
 
     use super::*;
 
-    /// A fresh RSA key pair (private PKCS#8 PEM, public PEM) from the
-    /// `openssl` command.
+    /// A fresh RSA key pair: private PKCS#8 PEM, and the public key PEM.
     fn rsa_key_pair() -> (String, String) {
+        let private = testkit::rsa_private_key_pem();
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("key.pem");
-        let ok = Command::new("openssl")
-            .args([
-                "genpkey",
-                "-quiet",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-            ])
-            .arg(&key)
-            .output()
-            .expect("openssl genpkey")
-            .status
-            .success();
-        assert!(ok, "openssl genpkey");
-        let public = Command::new("openssl")
+        std::fs::write(&key, &private).expect("write key");
+        let out = Command::new("openssl")
             .args(["pkey", "-pubout", "-in"])
             .arg(&key)
             .output()
             .expect("openssl pkey");
-        (
-            std::fs::read_to_string(&key).expect("key"),
-            String::from_utf8(public.stdout).expect("pem"),
-        )
+        (private, String::from_utf8(out.stdout).expect("pem"))
     }
 
     fn account_json(private_pem: &str) -> String {

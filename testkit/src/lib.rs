@@ -110,6 +110,43 @@ pub fn firebase_auth_emulator() -> Option<String> {
     }
 }
 
+/// A fresh, empty PostgreSQL database (named `{prefix}_{random}`) on the
+/// server of `TEST_DATABASE_URL`; returns its URL, or `None` (saying so)
+/// unless `REQUIRE_POSTGRES=1`.
+pub async fn fresh_postgres_database(prefix: &str) -> Option<String> {
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var("TEST_DATABASE_URL") else {
+        assert!(
+            !required("REQUIRE_POSTGRES"),
+            "REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set"
+        );
+        eprintln!("SKIPPED on PostgreSQL: TEST_DATABASE_URL is not set");
+        return None;
+    };
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
+    Some(format!("{base}/{name}"))
+}
+
+/// A fresh 2048-bit RSA private key, PKCS#8 PEM, from the `openssl`
+/// command (as a Google service account key holds one).
+pub fn rsa_private_key_pem() -> String {
+    let out = Command::new("openssl")
+        .args(["genpkey", "-quiet", "-algorithm", "RSA"])
+        .args(["-pkeyopt", "rsa_keygen_bits:2048"])
+        .output()
+        .expect("openssl genpkey");
+    assert!(out.status.success(), "openssl genpkey failed");
+    String::from_utf8(out.stdout).expect("PEM")
+}
+
 /// A binary of this workspace (`auth-service`, `chat-service`,
 /// `aggregator`, …) from the target directory the running test was built
 /// in. The test command builds them all first (`scripts/build-binaries`).

@@ -25,7 +25,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sqlx::Connection;
 use testkit::{Broker, Process};
 
 const TOPIC: &str = "chat.messages";
@@ -36,29 +35,6 @@ const KILL_CHAT_AT: usize = 60;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh PostgreSQL database from `TEST_DATABASE_URL`, or `None` (saying
-/// so) unless `REQUIRE_POSTGRES=1`.
-async fn fresh_postgres() -> Option<String> {
-    let Ok(admin) = std::env::var("TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1"),
-            "REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set"
-        );
-        eprintln!("SKIPPED distributed test: TEST_DATABASE_URL is not set");
-        return None;
-    };
-    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
-    Some(format!("{base}/{name}"))
 }
 
 /// Whether the Node client can run: `npm ci --prefix firebase` has been run.
@@ -77,27 +53,11 @@ fn node_client_ready() -> bool {
 /// A Google service account key (JSON) with a fresh RSA key, as the Cloud
 /// console would download it.
 fn service_account(dir: &Path, project: &str) -> PathBuf {
-    let pem = dir.join("firebase-key.pem");
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-quiet",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&pem)
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl genpkey");
     let account = json!({
         "type": "service_account",
         "project_id": project,
         "private_key_id": "e2e",
-        "private_key": std::fs::read_to_string(&pem).expect("key"),
+        "private_key": testkit::rsa_private_key_pem(),
         "client_email": format!("firebase-adminsdk@{project}.iam.gserviceaccount.com"),
     });
     let path = dir.join("service-account.json");
@@ -322,7 +282,7 @@ async fn messages_reach_a_firestore_listener_exactly_once_through_crashes() {
     if !node_client_ready() {
         return;
     }
-    let Some(postgres) = fresh_postgres().await else {
+    let Some(postgres) = testkit::fresh_postgres_database("e2e").await else {
         return;
     };
     let project = format!(

@@ -2,52 +2,38 @@
 //! with a fresh data directory, driven over HTTP as two users; then
 //! restarted on the same data directory.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testkit::{SseEvent, SseReader};
 
 struct Server {
-    child: Child,
+    process: testkit::Process,
     base: String,
 }
 
 impl Server {
     fn start(data: &std::path::Path) -> Self {
         let port = testkit::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-backend"));
+        command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start chat-backend");
-        testkit::wait_for_port(port, Duration::from_secs(30));
+            .stdout(Stdio::null());
         Self {
-            child,
+            process: testkit::Process::spawn("chat-backend", &mut command, Some(port)),
             base: format!("http://127.0.0.1:{port}"),
         }
     }
 
     /// SIGTERM and wait: a graceful stop.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let status = self.child.wait().expect("wait");
+    fn stop(self) {
+        let status = self.process.stop();
         assert!(status.success(), "chat-backend exited with {status}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

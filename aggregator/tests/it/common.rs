@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aggregator::sink::firestore::FsBatch;
@@ -102,7 +102,7 @@ impl Conversation {
 
 /// The aggregator binary, consuming Kafka into the Firestore emulator.
 pub struct AggregatorProcess {
-    child: Child,
+    process: testkit::Process,
     pub port: u16,
 }
 
@@ -120,7 +120,8 @@ impl AggregatorProcess {
         session_timeout_ms: u64,
     ) -> Self {
         let port = testkit::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aggregator"));
+        command
             .args(["--source", "kafka", "--sink", "firestore"])
             .args([
                 "--kafka-brokers",
@@ -143,27 +144,21 @@ impl AggregatorProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start aggregator");
-        testkit::wait_for_port(port, Duration::from_secs(30));
-        Self { child, port }
+            .stdout(Stdio::null());
+        Self {
+            process: testkit::Process::spawn("aggregator", &mut command, Some(port)),
+            port,
+        }
     }
 
     /// SIGKILL: no flush, no commit.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// SIGTERM, and the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().expect("wait")
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.process.stop()
     }
 
     /// The status of `GET /readyz`.
@@ -187,13 +182,6 @@ impl AggregatorProcess {
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
-    }
-}
-
-impl Drop for AggregatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -5,7 +5,6 @@ use auth_service::{App, Config};
 use reqwest::{Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use sqlx::Connection;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -29,21 +28,6 @@ impl Backend {
     }
 }
 
-/// A fresh, empty PostgreSQL database; returns its URL.
-async fn fresh_postgres_database() -> String {
-    let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-    let name = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
-    format!("{base}/{name}")
-}
-
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
@@ -62,7 +46,11 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Te
     let data_dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config::embedded(data_dir.path());
     if backend == Backend::Postgres {
-        config.database_url = Some(SecretString::from(fresh_postgres_database().await));
+        config.database_url = Some(SecretString::from(
+            testkit::fresh_postgres_database("auth_test")
+                .await
+                .expect("available() was checked"),
+        ));
     }
     tweak(&mut config);
     start(config, data_dir).await
