@@ -21,13 +21,18 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::{Broker, Process};
 
 const TOPIC: &str = "chat.messages";
+/// The aggregators' consumer session timeout and the topic's partitions:
+/// the production defaults.
+const SESSION_TIMEOUT_MS: u64 = 10_000;
+const PARTITIONS: &str = "6";
 const MESSAGES: usize = 90;
 /// Sends after which the aggregator, then chat-service, are killed.
 const KILL_AGGREGATOR_AT: usize = 30;
@@ -104,7 +109,7 @@ impl Services {
             .arg("--data-dir")
             .arg(self.dir.path().join("chat"))
             .args(["--log", "kafka", "--kafka-brokers", &self.brokers])
-            .args(["--kafka-topic", TOPIC, "--kafka-partitions", "4"])
+            .args(["--kafka-topic", TOPIC, "--kafka-partitions", PARTITIONS])
             .args(["--auth-url", &self.auth()])
             .args([
                 "--jwks-url",
@@ -135,7 +140,10 @@ impl Services {
             .args(["--source", "kafka", "--sink", "firestore"])
             .args(["--kafka-brokers", &self.brokers, "--kafka-topic", TOPIC])
             .args(["--kafka-group-id", "e2e-aggregator"])
-            .args(["--kafka-session-timeout-ms", "6000"])
+            .args([
+                "--kafka-session-timeout-ms",
+                &SESSION_TIMEOUT_MS.to_string(),
+            ])
             .args(["--kafka-stall-timeout-ms", "10000"])
             .args(["--firestore-project-id", &self.project])
             .args(["--flush-interval-ms", "300"])
@@ -255,6 +263,17 @@ async fn send(
     }
 }
 
+async fn readiness(http: &reqwest::Client, port: u16) -> u16 {
+    match http
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
 fn probe_outcomes(lines: &[Value]) -> Vec<(String, String)> {
     lines
         .iter()
@@ -330,34 +349,58 @@ async fn messages_reach_a_firestore_listener_exactly_once_through_crashes() {
 
     // Runs of 1–4 messages per sender, killing the aggregator and then
     // chat-service mid-stream; each is restarted at once.
-    let mut sent = Vec::with_capacity(MESSAGES);
-    for i in 0..MESSAGES {
-        let token = if (i / 3 + i / 7) % 2 == 0 {
-            &alice.token
-        } else {
-            &bob.token
-        };
-        sent.push(send(&http, &chat_base, &chat_id, token, i).await);
-        if i + 1 == KILL_AGGREGATOR_AT {
-            eprintln!(
-                "SIGKILL aggregator after {} sends; restarting at once",
-                i + 1
-            );
-            aggregator.kill();
-            aggregator = services.start_aggregator();
-        }
-        if i + 1 == KILL_CHAT_AT {
-            eprintln!(
-                "SIGKILL chat-service after {} sends; restarting at once",
-                i + 1
-            );
-            chat.kill();
-            chat = services.start_chat();
-        }
-        if i % 5 == 4 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
+    // The aggregator has settled in the group (a member for longer than its
+    // session) before anything is sent, as in a deployment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while readiness(&http, services.aggregator_port).await != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregator never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1000)).await;
+
+    // Runs of 1–4 messages per sender, sent at a steady pace by their own
+    // task, while the aggregator and then chat-service are killed with
+    // SIGKILL mid-stream and restarted at once.
+    let progress = Arc::new(AtomicUsize::new(0));
+    let sending = {
+        let (http, chat_base, chat_id) = (http.clone(), chat_base.clone(), chat_id.clone());
+        let tokens = [alice.token.clone(), bob.token.clone()];
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::with_capacity(MESSAGES);
+            for i in 0..MESSAGES {
+                let token = &tokens[(i / 3 + i / 7) % 2];
+                sent.push(send(&http, &chat_base, &chat_id, token, i).await);
+                progress.store(i + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            sent
+        })
+    };
+    let wait_for_sends = |n: usize| {
+        let progress = progress.clone();
+        async move {
+            while progress.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_for_sends(KILL_AGGREGATOR_AT).await;
+    eprintln!(
+        "SIGKILL aggregator after {KILL_AGGREGATOR_AT} sends, sends going on; restarting at once"
+    );
+    aggregator.kill();
+    aggregator = services.start_aggregator();
+    wait_for_sends(KILL_CHAT_AT).await;
+    eprintln!(
+        "SIGKILL chat-service after {KILL_CHAT_AT} sends, sends going on; restarting at once"
+    );
+    chat.kill();
+    chat = services.start_chat();
+    let sent = sending.await.expect("sender");
 
     // Everything reaches the listener: each message once, in send order.
     let mut first_seen: Vec<String> = Vec::new();
