@@ -4,7 +4,8 @@
 //! - `firestore`: the aggregator binary consuming a real Kafka-protocol
 //!   broker (Tansu) into the real Firestore emulator;
 //! - `crash`: the same, killed with SIGKILL again and again mid-stream;
-//! - `group`: consumer-group membership after an immediate restart.
+//! - `group`: consumer-group membership after an immediate restart;
+//! - `offsets`: the Kafka source commits only what is written.
 
 mod common;
 
@@ -12,4 +13,5 @@ mod crash;
 mod embedded;
 mod firestore;
 mod group;
+mod offsets;
 mod sinks;
