@@ -45,19 +45,13 @@ impl ConsumerContext for GroupContext {
         metrics::gauge!("aggregator_assigned_partitions").set(partitions as f64);
         match rebalance {
             Rebalance::Assign(_) => {
-                tracing::info!(partitions, "consumer group assigned partitions");
-                self.status
-                    .set_ready(partitions > 0, "no partitions assigned");
+                tracing::info!(partitions, "consumer group assigned partitions")
             }
-            Rebalance::Revoke(_) => {
-                tracing::info!(partitions, "consumer group revoked partitions");
-                self.status
-                    .set_ready(partitions > 0, "no partitions assigned");
-            }
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "consumer group rebalance failed");
-            }
+            Rebalance::Revoke(_) => tracing::info!(partitions, "consumer group revoked partitions"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
         }
+        self.status
+            .set_ready(partitions > 0, "no partitions assigned");
     }
 }
 
