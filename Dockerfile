@@ -5,9 +5,11 @@
 #   docker build --target aggregator   -t chat/aggregator:dev .
 #   docker build --target chat-backend -t chat/chat-backend:dev .   (all-in-one, embedded)
 #
-# Layers: cargo-chef compiles the dependencies from a recipe of the
+# Layers: cargo-chef compiles each image's dependencies from a recipe of the
 # manifests alone, so a code change rebuilds only the workspace's own crates.
-# Each target then builds just its binary, in the `dist` profile (release,
+# Each target cooks and builds just its binary (cooking the whole workspace
+# would unify dependency features across every member, and a single-binary
+# build would then recompile most of them), in the `dist` profile (release,
 # symbols stripped; see Cargo.toml).
 
 FROM rust:1.95-bookworm AS chef
@@ -22,23 +24,28 @@ FROM chef AS planner
 COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
-FROM chef AS deps
+FROM chef AS build-auth-service
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --profile dist --locked --workspace --recipe-path recipe.json
-
-FROM deps AS source
+RUN cargo chef cook --profile dist --locked -p auth-service --bin auth-service --recipe-path recipe.json
 COPY . .
-
-FROM source AS build-auth-service
 RUN cargo build --profile dist --locked -p auth-service --bin auth-service
 
-FROM source AS build-chat-service
+FROM chef AS build-chat-service
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --profile dist --locked -p chat-service --bin chat-service --recipe-path recipe.json
+COPY . .
 RUN cargo build --profile dist --locked -p chat-service --bin chat-service
 
-FROM source AS build-aggregator
+FROM chef AS build-aggregator
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --profile dist --locked -p aggregator --bin aggregator --recipe-path recipe.json
+COPY . .
 RUN cargo build --profile dist --locked -p aggregator --bin aggregator
 
-FROM source AS build-chat-backend
+FROM chef AS build-chat-backend
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --profile dist --locked -p chat-backend --bin chat-backend --recipe-path recipe.json
+COPY . .
 RUN cargo build --profile dist --locked -p chat-backend --bin chat-backend
 
 FROM debian:bookworm-slim AS runtime
