@@ -97,14 +97,21 @@ impl Drop for Broker {
 /// `FIREBASE_AUTH_EMULATOR_HOST`, or `None` (saying so) unless
 /// `REQUIRE_FIREBASE_AUTH=1`.
 pub fn firebase_auth_emulator() -> Option<String> {
-    match std::env::var("FIREBASE_AUTH_EMULATOR_HOST") {
+    emulator(
+        "FIREBASE_AUTH_EMULATOR_HOST",
+        "REQUIRE_FIREBASE_AUTH",
+        "Firebase",
+    )
+}
+
+/// An emulator's `host:port` from `var`, or `None` (saying so) unless
+/// `require` is `1`.
+fn emulator(var: &str, require: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(host) if !host.is_empty() => Some(host),
         _ => {
-            assert!(
-                !required("REQUIRE_FIREBASE_AUTH"),
-                "REQUIRE_FIREBASE_AUTH=1 but FIREBASE_AUTH_EMULATOR_HOST is not set"
-            );
-            eprintln!("SKIPPED Firebase test: FIREBASE_AUTH_EMULATOR_HOST is not set");
+            assert!(!required(require), "{require}=1 but {var} is not set");
+            eprintln!("SKIPPED {what} test: {var} is not set");
             None
         }
     }
@@ -221,17 +228,7 @@ impl Drop for Process {
 /// The Firestore emulator's `host:port` from `FIRESTORE_EMULATOR_HOST`, or
 /// `None` (saying so) unless `REQUIRE_FIRESTORE=1`.
 pub fn firestore_emulator() -> Option<String> {
-    match std::env::var("FIRESTORE_EMULATOR_HOST") {
-        Ok(host) if !host.is_empty() => Some(host),
-        _ => {
-            assert!(
-                !required("REQUIRE_FIRESTORE"),
-                "REQUIRE_FIRESTORE=1 but FIRESTORE_EMULATOR_HOST is not set"
-            );
-            eprintln!("SKIPPED Firestore test: FIRESTORE_EMULATOR_HOST is not set");
-            None
-        }
-    }
+    emulator("FIRESTORE_EMULATOR_HOST", "REQUIRE_FIRESTORE", "Firestore")
 }
 
 pub fn free_port() -> u16 {

@@ -34,6 +34,18 @@ fn committed(brokers: &str) -> Option<i64> {
     }
 }
 
+/// The next record's offset (a decodable event), waiting at most 30 s.
+async fn next_offset(source: &mut KafkaSource) -> i64 {
+    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
+        .await
+        .expect("a record arrives")
+        .expect("record");
+    let Delivery::Event(_, position) = delivery else {
+        panic!("undecodable record")
+    };
+    position.offset
+}
+
 fn connect(brokers: &str) -> KafkaSource {
     KafkaSource::connect(&KafkaSourceSettings {
         brokers: brokers.into(),
@@ -62,14 +74,7 @@ async fn only_written_records_are_committed() {
     let mut source = connect(&brokers);
     let mut offsets = Vec::new();
     while offsets.len() < 10 {
-        let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
-            .await
-            .expect("records arrive")
-            .expect("record");
-        let Delivery::Event(_, position) = delivery else {
-            panic!("undecodable record")
-        };
-        offsets.push(position.offset);
+        offsets.push(next_offset(&mut source).await);
     }
     assert_eq!(offsets, (0..10).collect::<Vec<i64>>());
 
@@ -86,14 +91,11 @@ async fn only_written_records_are_committed() {
 
     // A restart resumes there; once everything is written, all is committed.
     let mut source = connect(&brokers);
-    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
-        .await
-        .expect("redelivery")
-        .expect("record");
-    let Delivery::Event(_, position) = delivery else {
-        panic!("undecodable record")
-    };
-    assert_eq!(position.offset, 4, "the unwritten records come again");
+    assert_eq!(
+        next_offset(&mut source).await,
+        4,
+        "the unwritten records come again"
+    );
     for _ in 5..10 {
         source.next().await.expect("record");
     }
