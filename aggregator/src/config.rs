@@ -130,9 +130,10 @@ pub enum SinkKind {
 pub const MAX_DOCUMENT_BYTES: usize = 900 * 1024;
 
 impl Config {
-    /// Every default, with the given data directory and a free port.
+    /// Every default (never the environment), with the given data
+    /// directory and a free port.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Self::parse_from(["aggregator"]);
+        let mut config: Self = service_kit::config::defaults();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.data_dir = data_dir.into();
         config

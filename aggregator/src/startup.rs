@@ -14,9 +14,11 @@ use crate::config::{SinkKind, SourceKind};
 use crate::pipeline::Pipeline;
 use crate::routes::{probes, streams, ProbeState, StreamState};
 use crate::sink::embedded::EmbeddedSink;
+#[cfg(feature = "firestore")]
 use crate::sink::firestore::FirestoreSink;
 use crate::sink::Sink;
 use crate::source::embedded::{ChatDb, EmbeddedSource};
+#[cfg(feature = "kafka")]
 use crate::source::kafka::{KafkaSource, KafkaSourceSettings};
 use crate::source::{Source, SourceStatus};
 use crate::Config;
@@ -61,9 +63,15 @@ impl Components {
         };
         let sink: Arc<dyn Sink> = match &embedded {
             Some(store) => Arc::new(store.clone()),
+            #[cfg(feature = "firestore")]
             None => {
                 Arc::new(FirestoreSink::connect(&config.firestore_project_id, config.ttl()).await?)
             }
+            #[cfg(not(feature = "firestore"))]
+            None => anyhow::bail!(service_kit::config::not_built(
+                "--sink firestore",
+                "firestore"
+            )),
         };
         let needs_chat_db = config.source == SourceKind::Embedded || embedded.is_some();
         let chat_db = if needs_chat_db {
@@ -90,6 +98,11 @@ impl Components {
                     .await?,
                 )
             }
+            #[cfg(not(feature = "kafka"))]
+            SourceKind::Kafka => {
+                anyhow::bail!(service_kit::config::not_built("--source kafka", "kafka"))
+            }
+            #[cfg(feature = "kafka")]
             SourceKind::Kafka => Box::new(KafkaSource::connect(&KafkaSourceSettings {
                 brokers: config.kafka_brokers.clone(),
                 topic: config.kafka_topic.clone(),

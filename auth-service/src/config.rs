@@ -118,10 +118,11 @@ pub struct SecurityConfig {
 }
 
 impl Config {
-    /// Settings for tests and embedding: every default, with the given data
+    /// Settings for tests and embedding: every default (never the
+    /// environment), with the given data
     /// directory and an OS-assigned port.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Self::parse_from(["auth-service"]);
+        let mut config: Self = service_kit::config::defaults();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.data_dir = data_dir.into();
         config

@@ -12,9 +12,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
+#[cfg(feature = "postgres")]
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub enum Db {
     Sqlite(SqlitePool),
+    #[cfg(feature = "postgres")]
     Postgres(PgPool),
 }
 
@@ -30,6 +32,7 @@ macro_rules! with_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
             Db::Sqlite($pool) => $body,
+            #[cfg(feature = "postgres")]
             Db::Postgres($pool) => $body,
         }
     };
@@ -66,6 +69,14 @@ impl Db {
     ) -> anyhow::Result<Db> {
         let acquire = Duration::from_secs(5);
         match url {
+            #[cfg(not(feature = "postgres"))]
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                anyhow::bail!(service_kit::config::not_built(
+                    "a postgres:// database URL",
+                    "postgres"
+                ))
+            }
+            #[cfg(feature = "postgres")]
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
@@ -112,6 +123,7 @@ impl Db {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
             Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
+            #[cfg(feature = "postgres")]
             Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
         }
         .context("running migrations")
@@ -120,6 +132,7 @@ impl Db {
     pub fn backend(&self) -> &'static str {
         match self {
             Db::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
             Db::Postgres(_) => "postgres",
         }
     }

@@ -11,14 +11,17 @@ use auth_validator::Verifier;
 use axum::extract::FromRef;
 use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+#[cfg(feature = "cql")]
 use secrecy::ExposeSecret;
 use service_kit::server::Listener;
 use uuid::Uuid;
 
 use crate::config::{LogKind, StoreKind};
+#[cfg(feature = "kafka")]
 use crate::log::kafka::{KafkaLog, KafkaSettings};
 use crate::log::{MessageLog, OutboxLog};
 use crate::service::Sender;
+#[cfg(feature = "cql")]
 use crate::store::cql::{parse_consistency, CqlSettings, CqlStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Chat, MessageStore};
@@ -87,6 +90,9 @@ impl AppState {
             StoreKind::Embedded => Arc::new(
                 SqliteStore::open(&config.data_dir, config.log.kind == LogKind::Embedded).await?,
             ),
+            #[cfg(not(feature = "cql"))]
+            StoreKind::Cql => anyhow::bail!(service_kit::config::not_built("--store cql", "cql")),
+            #[cfg(feature = "cql")]
             StoreKind::Cql => {
                 let s = &config.store;
                 let settings = CqlSettings {
@@ -107,6 +113,9 @@ impl AppState {
         };
         let log: Arc<dyn MessageLog> = match config.log.kind {
             LogKind::Embedded => Arc::new(OutboxLog),
+            #[cfg(not(feature = "kafka"))]
+            LogKind::Kafka => anyhow::bail!(service_kit::config::not_built("--log kafka", "kafka")),
+            #[cfg(feature = "kafka")]
             LogKind::Kafka => {
                 let l = &config.log;
                 Arc::new(

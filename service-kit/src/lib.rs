@@ -3,6 +3,8 @@
 //! Each service owns its routes and its error enum; what they have in common
 //! lives here so it is written once:
 //!
+//! - [`config`]: configurations built from defaults alone, never from the
+//!   environment;
 //! - [`error`]: the JSON error body `{"error": {"code", "message"}}` and the
 //!   [`ApiError`] every service error converts into;
 //! - [`extract`]: JSON, query and path extractors whose rejections use that
@@ -15,6 +17,7 @@
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown;
 //! - [`sqlite`]: the embedded stores' SQLite writer/reader set-up.
 
+pub mod config;
 pub mod error;
 pub mod extract;
 pub mod layers;

@@ -15,6 +15,11 @@ struct Server {
 
 impl Server {
     fn start(data: &std::path::Path) -> Self {
+        Self::start_with_env(data, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables.
+    fn start_with_env(data: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let port = testkit::free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_chat-backend"));
         command
@@ -23,6 +28,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null());
         Self {
             process: testkit::Process::spawn("chat-backend", &mut command, Some(port)),
@@ -205,5 +211,76 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
         .expect("send");
     assert_eq!(r.status(), 200);
     assert_eq!(history(&http, &base, &chat, &bob).await.len(), 3);
+    server.stop();
+}
+
+/// The all-in-one embeds every service with its defaults: the services' own
+/// settings in its environment (as a shell that also runs the distributed
+/// services may have) choose no backend and change no limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_all_in_one_ignores_the_services_settings_in_its_environment() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let elsewhere = elsewhere.path().join("data");
+    let unreachable = "127.0.0.1:9";
+    let env = [
+        ("AUTH_DATABASE_URL", "postgres://nobody@127.0.0.1:9/none"),
+        ("JWT_ALGORITHM", "RS256"),
+        ("CHAT_STORE", "cql"),
+        ("CQL_CONTACT_POINTS", unreachable),
+        ("CHAT_LOG", "kafka"),
+        ("KAFKA_BROKERS", unreachable),
+        ("AGGREGATOR_SOURCE", "kafka"),
+        ("AGGREGATOR_SINK", "firestore"),
+        ("BATCH_MAX_COUNT", "1"),
+        ("AUTH_LISTEN", unreachable),
+        ("CHAT_LISTEN", unreachable),
+        ("AGGREGATOR_LISTEN", unreachable),
+        ("DATA_DIR", elsewhere.to_str().expect("utf-8 path")),
+    ];
+    let server = Server::start_with_env(data.path(), &env);
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200, "every embedded backend is up");
+
+    let alice = user(&http, &base, "alice", true).await;
+    let bob = user(&http, &base, "bob", true).await;
+    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
+    let mut bob_sees = SseReader::new(
+        http.get(format!("{base}/chat/{chat}/stream"))
+            .bearer_auth(&bob.token)
+            .send()
+            .await
+            .expect("stream"),
+    );
+    for text in ["one", "two"] {
+        let r = http
+            .post(format!("{base}/chat/{chat}/messages"))
+            .bearer_auth(&alice.token)
+            .json(&json!({"text": text, "client_message_id": text}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 201);
+    }
+    // Through the embedded outbox to the embedded realtime store, batched
+    // with the default limits (BATCH_MAX_COUNT=1 would split them).
+    loop {
+        let doc = next_batch(&mut bob_sees).await;
+        if doc["count"].as_u64() == Some(2) {
+            assert_eq!(doc["seq"].as_u64(), Some(1));
+            break;
+        }
+    }
+    assert_eq!(history(&http, &base, &chat, &bob).await, ["two", "one"]);
+    assert!(
+        !elsewhere.exists(),
+        "every service keeps its data in the all-in-one's data directory"
+    );
     server.stop();
 }

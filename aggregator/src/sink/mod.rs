@@ -6,6 +6,7 @@
 
 pub mod doc;
 pub mod embedded;
+#[cfg(feature = "firestore")]
 pub mod firestore;
 
 use async_trait::async_trait;

@@ -12,6 +12,15 @@
 //! behind the dead one. Apache Kafka evicts the dead member after its
 //! session timeout; Tansu 0.6's coordinator may never assign the partitions
 //! again. Rejoining does not depend on either, nor on a supervisor's timing.
+//!
+//! One Tansu 0.6 fault no member can undo: when a member's heartbeat
+//! expires a crashed *leader* of a formed group, the group keeps the dead
+//! leader's id (`Inner<Formed>::missed_heartbeat` in tansu-broker's
+//! `coordinator/group/administrator.rs`), so after the next join only that
+//! leader may sync, and the group waits for it until the broker restarts. A
+//! leader leaving a forming group does the same. Seen in the crash test
+//! with five kills and immediate restarts on a loaded machine; Apache Kafka
+//! (what the deployment runs) elects a new leader instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

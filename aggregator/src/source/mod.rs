@@ -1,6 +1,7 @@
 //! Where events come from: Kafka, or the embedded log.
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use aggregator::sink::firestore::FsBatch;
@@ -143,8 +143,9 @@ impl AggregatorProcess {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
+            // Logs go to stdout: the test's captured output, shown when it
+            // fails (group changes are logged at info).
+            .env("RUST_LOG", "warn,aggregator=info");
         Self {
             process: testkit::Process::spawn("aggregator", &mut command, Some(port)),
             port,

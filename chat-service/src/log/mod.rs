@@ -6,6 +6,7 @@
 //! - [`kafka::KafkaLog`]: an idempotent `acks=all` producer; `publish`
 //!   returns once the broker has acknowledged the event.
 
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 use async_trait::async_trait;

@@ -4,6 +4,7 @@
 //! (`tests/it/store_suite.rs`): [`sqlite::SqliteStore`] (embedded, the
 //! default) and [`cql::CqlStore`] (Cassandra/ScyllaDB).
 
+#[cfg(feature = "cql")]
 pub mod cql;
 pub mod sqlite;
 

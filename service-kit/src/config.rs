@@ -1,0 +1,55 @@
+//! Configuration built in code.
+
+use clap::{CommandFactory, FromArgMatches};
+
+/// `T` with every command-line default and nothing else: no argument and no
+/// environment variable is read. The all-in-one builds each service's
+/// configuration this way, so a stray `CHAT_LOG=kafka` (or any other
+/// service setting) in its environment cannot reach the embedded services.
+///
+/// # Panics
+///
+/// When an argument of `T` has neither a default nor is optional: a
+/// programming error, caught by each configuration's unit tests.
+pub fn defaults<T: CommandFactory + FromArgMatches>() -> T {
+    let command = T::command().mut_args(|arg| arg.env(None::<&'static str>));
+    let name = command.get_name().to_owned();
+    let matches = command
+        .try_get_matches_from([name])
+        .unwrap_or_else(|e| panic!("defaults of {}: {e}", std::any::type_name::<T>()));
+    T::from_arg_matches(&matches)
+        .unwrap_or_else(|e| panic!("defaults of {}: {e}", std::any::type_name::<T>()))
+}
+
+/// The error for a backend this binary was built without: `choice` (such
+/// as `--log kafka`) needs the Cargo feature `feature`.
+pub fn not_built(choice: &str, feature: &str) -> String {
+    format!(
+        "{choice} needs the `{feature}` feature, which this binary was built without \
+         (the all-in-one builds only the embedded backends; run the service's own binary, \
+         or build with `--features {feature}`)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Settings {
+        #[arg(long, env = "SERVICE_KIT_CONFIG_TEST_MODE", default_value = "embedded")]
+        mode: String,
+    }
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        // Set for this process only; no other test reads this name.
+        std::env::set_var("SERVICE_KIT_CONFIG_TEST_MODE", "kafka");
+        assert_eq!(
+            Settings::parse_from(["x"]).mode,
+            "kafka",
+            "parsing reads it"
+        );
+        assert_eq!(super::defaults::<Settings>().mode, "embedded");
+    }
+}
