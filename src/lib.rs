@@ -51,12 +51,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// `GET /session`: who the token belongs to. The cheapest authenticated
-/// route (no storage touched): the benchmarks' baseline.
-async fn session(caller: auth_validator::AuthUser) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "user_id": caller.id, "expires_at": caller.claims.exp }))
-}
-
 /// chat-service's user lookups, answered from auth-service's database.
 struct LocalUsers(auth_service::store::Db);
 
@@ -145,25 +139,10 @@ impl App {
             chat: chat.clone(),
             sink: parts.sink.clone(),
         };
-        let verifier = auth.verifier.clone();
         let router = auth_service::routes::api(auth)
             .merge(chat_service::routes::api(chat))
             .merge(streams)
-            .merge(
-                Router::new()
-                    .route("/readyz", get(readyz))
-                    .with_state(probes),
-            )
-            .merge(
-                Router::new()
-                    .route("/session", get(session))
-                    .with_state(verifier),
-            )
-            .route(
-                "/healthz",
-                get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-            )
-            .route("/metrics", get(service_kit::metrics::render))
+            .merge(service_kit::probes::router(get(readyz)).with_state(probes))
             .route(
                 "/openapi/auth.json",
                 get(|| async { axum::Json(auth_service::routes::openapi_doc()) }),

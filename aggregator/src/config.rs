@@ -34,13 +34,8 @@ pub struct Config {
     )]
     pub source: SourceKind,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-
-    /// Topic of `message.created` events.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
-    pub kafka_topic: String,
+    #[command(flatten)]
+    pub kafka: chat_events::KafkaTopic,
 
     /// Consumer group; replicas in one group share the partitions.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "chat-aggregator")]

@@ -38,14 +38,7 @@ pub struct ProbeState {
 }
 
 pub fn probes(state: ProbeState) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(service_kit::metrics::render))
-        .with_state(state)
+    service_kit::probes::router(get(readyz)).with_state(state)
 }
 
 /// Ready when the sink answers and the source can deliver: a Kafka member

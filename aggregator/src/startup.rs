@@ -104,8 +104,8 @@ impl Components {
             }
             #[cfg(feature = "kafka")]
             SourceKind::Kafka => Box::new(KafkaSource::connect(&KafkaSourceSettings {
-                brokers: config.kafka_brokers.clone(),
-                topic: config.kafka_topic.clone(),
+                brokers: config.kafka.kafka_brokers.clone(),
+                topic: config.kafka.kafka_topic.clone(),
                 group_id: config.kafka_group_id.clone(),
                 session_timeout: Duration::from_millis(config.kafka_session_timeout_ms),
                 max_poll_interval: Duration::from_millis(config.kafka_max_poll_interval_ms),
@@ -180,11 +180,9 @@ impl App {
 /// The token verifier for SSE: the configured key, or the HS256 secret
 /// auth-service keeps in the shared data directory (embedded mode).
 fn verifier(config: &Config) -> anyhow::Result<auth_validator::Verifier> {
-    let mut auth = config.auth.clone();
-    if !auth.has_key() {
-        auth.jwt_secret_file = Some(config.data_dir.join("jwt-secret"));
-    }
-    Ok(auth.build(reqwest_client())?)
+    Ok(config
+        .auth
+        .build_or_shared_secret(&config.data_dir, reqwest_client())?)
 }
 
 fn reqwest_client() -> reqwest::Client {

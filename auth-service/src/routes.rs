@@ -14,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use service_kit::error::{ErrorBody, ErrorDetail};
 use service_kit::{ApiError, Json, Path, Query};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
@@ -49,11 +50,8 @@ pub fn api(state: AppState) -> Router {
 
 /// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 pub fn probes(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(service_kit::metrics::render))
-        .route("/openapi.json", get(openapi))
+    service_kit::probes::router(get(readyz))
+        .route("/openapi.json", get(service_kit::probes::openapi::<ApiDoc>))
         .with_state(state)
 }
 
@@ -73,7 +71,7 @@ pub fn probes(state: AppState) -> Router {
         me,
         user_by_id,
         jwks,
-        healthz,
+        service_kit::probes::healthz,
         readyz
     ),
     components(schemas(
@@ -91,28 +89,9 @@ pub fn probes(state: AppState) -> Router {
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> impl IntoResponse {
-    axum::Json(ApiDoc::openapi())
-}
-
 /// The service's OpenAPI document.
 pub fn openapi_doc() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
-}
-
-/// The error body every failure uses (documentation only).
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `username_taken`.
-    pub code: String,
-    pub message: String,
-    /// For `validation_failed`: `{"fields": {name: problem}}`.
-    pub details: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -547,12 +526,6 @@ async fn jwks(State(state): State<AppState>) -> Response {
             ApiError::not_found("tokens are signed with a shared secret; no JWKS").into_response()
         }
     }
-}
-
-/// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Readiness: the database answers.

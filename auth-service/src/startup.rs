@@ -94,36 +94,27 @@ pub fn router(state: AppState) -> Router {
     service_kit::layers::apply(crate::routes::router(state), "auth", Default::default())
 }
 
-/// A bound, ready-to-run service.
-pub struct App {
-    listener: Listener,
-    state: AppState,
-}
+/// A bound, ready-to-run auth-service.
+pub type App = service_kit::server::App<AppState>;
 
-impl App {
-    /// Builds the state and binds the listener (port 0 picks a free port).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let state = AppState::build(&config).await?;
-        let listener = Listener::bind(config.listen).await?;
-        Ok(Self { listener, state })
+impl service_kit::server::Service for AppState {
+    type Config = Config;
+
+    fn listen_addr(config: &Config) -> SocketAddr {
+        config.listen
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+    async fn from_config(config: &Config) -> anyhow::Result<Self> {
+        AppState::build(config).await
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
-    /// Serves until `shutdown` completes, then finishes in-flight requests
-    /// and closes the database pool.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let db = self.state.db.clone();
-        self.listener.serve(router(self.state), shutdown).await?;
+    /// Also closes the database pool once requests are done.
+    async fn serve<F>(self, listener: Listener, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let db = self.db.clone();
+        listener.serve(router(self), shutdown).await?;
         db.close().await;
         tracing::info!("auth-service stopped");
         Ok(())

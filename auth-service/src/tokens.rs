@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::config::{SigningAlgorithm, TokenConfig};
 
-pub const SECRET_FILE: &str = "jwt-secret";
+pub const SECRET_FILE: &str = auth_validator::VerifierConfig::SHARED_SECRET_FILE;
 pub const PRIVATE_KEY_FILE: &str = "jwt-ed25519.pem";
 pub const PUBLIC_KEY_FILE: &str = "jwt-ed25519.pub.pem";
 

@@ -54,6 +54,12 @@ pub enum ConfigError {
     NoKey,
     #[error("cannot read {0}: {1}")]
     Read(PathBuf, std::io::Error),
+    #[error(
+        "no token key configured and {} does not exist: start auth-service on the same \
+         --data-dir first, or give --jwt-secret / --jwt-public-key / --jwks-url",
+        .0.display()
+    )]
+    NoSharedSecret(PathBuf),
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -70,6 +76,30 @@ impl VerifierConfig {
             || self.jwt_public_key_file.is_some()
             || self.jwt_secret.is_some()
             || self.jwt_secret_file.is_some()
+    }
+
+    /// The HS256 secret file auth-service writes into its data directory
+    /// when no key is configured (the embedded mode).
+    pub const SHARED_SECRET_FILE: &'static str = "jwt-secret";
+
+    /// [`Self::build`], falling back, when no key is configured, to the
+    /// secret auth-service keeps in the shared `data_dir`
+    /// ([`Self::SHARED_SECRET_FILE`]).
+    pub fn build_or_shared_secret(
+        &self,
+        data_dir: &std::path::Path,
+        http: reqwest::Client,
+    ) -> Result<Verifier, ConfigError> {
+        if self.has_key() {
+            return self.build(http);
+        }
+        let secret = data_dir.join(Self::SHARED_SECRET_FILE);
+        if !secret.exists() {
+            return Err(ConfigError::NoSharedSecret(secret));
+        }
+        let mut config = self.clone();
+        config.jwt_secret_file = Some(secret);
+        config.build(http)
     }
 
     /// Builds the verifier from the first configured key source.

@@ -1,5 +1,7 @@
 //! The axum extractor.
 
+use std::sync::Arc;
+
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
@@ -17,6 +19,25 @@ use crate::{Claims, TokenError, Verifier};
 pub struct AuthUser {
     pub id: Uuid,
     pub claims: Claims,
+    /// The token itself, for calls made on the caller's behalf (such as
+    /// chat-service asking auth-service for a username).
+    pub token: BearerToken,
+}
+
+/// An access token as presented; its `Debug` never shows it.
+#[derive(Clone)]
+pub struct BearerToken(Arc<str>);
+
+impl BearerToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
 }
 
 impl<S> FromRequestParts<S> for AuthUser
@@ -33,6 +54,7 @@ where
         Ok(AuthUser {
             id: claims.sub,
             claims,
+            token: BearerToken(token.into()),
         })
     }
 }

@@ -28,7 +28,7 @@ pub mod verifier;
 
 pub use claims::Claims;
 pub use config::VerifierConfig;
-pub use extractor::AuthUser;
+pub use extractor::{AuthUser, BearerToken};
 pub use verifier::{
     ed25519_public_key_pem, KeyError, TokenError, Verifier, VerifierSettings, DEFAULT_LEEWAY_SECS,
 };

@@ -410,15 +410,16 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         TEXT.len()
     );
 
-    // 1. Send, next to the trivial authenticated route.
-    progress("send baseline (GET /session)");
+    // 1. Send, next to a cheap authenticated read: the caller's chat list
+    // (one chat), which is HTTP, JSON, the token check and one indexed read.
+    progress("send baseline (GET /chats)");
     // URLs are parsed once, like a real client would: parsing (with IDNA)
     // on every request was a visible part of the load generator's CPU.
-    let session = url(format!("{base}/session"));
+    let chat_list = url(format!("{base}/chats"));
     let baseline = {
-        let (http, session, users) = (http.clone(), session.clone(), users.clone());
+        let (http, chat_list, users) = (http.clone(), chat_list.clone(), users.clone());
         closed_loop(c, plan.phase, move |w, _| {
-            let (http, url, users) = (http.clone(), session.clone(), users.clone());
+            let (http, url, users) = (http.clone(), chat_list.clone(), users.clone());
             async move { get_ok(&http, url, &users[2 * w].auth).await }
         })
         .await
@@ -444,7 +445,7 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         "req/s",
         Some(baseline.rate()),
         load.clone(),
-        json!({"send": sends.summary(), "baseline_get_session": baseline.summary()}),
+        json!({"send": sends.summary(), "baseline_get_chats": baseline.summary()}),
     ));
     figures.push(figure(
         "send p99",
@@ -518,7 +519,7 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
     let baseline = {
         let (http, auth) = (http.clone(), a.auth.clone());
         closed_loop(c, plan.phase, move |_, _| {
-            let (http, url, auth) = (http.clone(), session.clone(), auth.clone());
+            let (http, url, auth) = (http.clone(), chat_list.clone(), auth.clone());
             async move { get_ok(&http, url, &auth).await }
         })
         .await
@@ -529,7 +530,7 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         plan.phase
     );
     figures.push(figure("history requests/s", history.rate(), "req/s", Some(baseline.rate()), hload.clone(),
-        json!({"history": history.summary(), "baseline_get_session": baseline.summary(), "fill_messages_per_sec": ids.len() as f64 / fill_secs})));
+        json!({"history": history.summary(), "baseline_get_chats": baseline.summary(), "fill_messages_per_sec": ids.len() as f64 / fill_secs})));
     figures.push(figure(
         "history p99",
         history.ms(0.99),

@@ -4,7 +4,9 @@
 //!   unique across processes and monotonic within one;
 //! - [`chat_id`]: the chat id derived from the pair of participants;
 //! - [`event`]: the `message.created` event on the log (Kafka or embedded),
-//!   its JSON form and its decoding.
+//!   its JSON form and its decoding;
+//! - [`KafkaTopic`]: where that event lives on Kafka, one settings group for
+//!   chat-service (which produces it) and the aggregator (which consumes it).
 
 pub mod event;
 pub mod timeuuid;
@@ -13,6 +15,19 @@ pub use event::{EventError, MessageCreated};
 pub use timeuuid::{TimeUuid, TimeUuidGenerator};
 
 use uuid::Uuid;
+
+/// Where `message.created` events live on Kafka.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaTopic {
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic of `message.created` events (chat-service creates it when
+    /// missing).
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
+    pub kafka_topic: String,
+}
 
 /// Namespace of chat ids (UUIDv5). Never change it: ids would change.
 const CHAT_NAMESPACE: Uuid = Uuid::from_u128(0x3c1e_62a4_8f0b_4d5e_9a47_1b2f_6c0d_e915);

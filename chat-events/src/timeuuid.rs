@@ -17,8 +17,28 @@ use uuid::{Timestamp, Uuid};
 pub const GREGORIAN_OFFSET: u64 = 0x01B2_1DD2_1381_4000;
 
 /// A version-1 UUID, checked on construction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Ordered by time, then by clock sequence and node, as Cassandra orders
+/// `timeuuid` columns. (A UUID's byte order is not time order: the low 32
+/// bits of the timestamp come first.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TimeUuid(Uuid);
+
+impl Ord for TimeUuid {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Bytes 0..8 are the timestamp and the version, so equal ticks and
+        // equal bytes 8..16 mean equal UUIDs: consistent with `Eq`.
+        self.ticks()
+            .cmp(&other.ticks())
+            .then_with(|| self.0.as_bytes()[8..].cmp(&other.0.as_bytes()[8..]))
+    }
+}
+
+impl PartialOrd for TimeUuid {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TimeUuidError {
@@ -66,8 +86,8 @@ impl TimeUuid {
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 
-    /// A key that sorts like Cassandra sorts `timeuuid`: by time, then by
-    /// the remaining bytes.
+    /// A key that sorts like Cassandra sorts `timeuuid` (and like `Ord`):
+    /// by time, then by the remaining bytes.
     pub fn sort_key(self) -> (u64, [u8; 16]) {
         (self.ticks(), *self.0.as_bytes())
     }
@@ -218,5 +238,38 @@ mod tests {
         let floor = min_at_ticks(id.ticks());
         assert_eq!(floor.ticks(), id.ticks());
         assert!(floor.sort_key() <= id.sort_key());
+    }
+
+    #[test]
+    fn ordering_is_time_order_not_byte_order() {
+        let node = [1, 2, 3, 4, 5, 6];
+        let at = |ticks: u64, seq: u16| {
+            TimeUuid(Uuid::new_v1(
+                Timestamp::from_gregorian_time(ticks, seq),
+                &node,
+            ))
+        };
+        // The low 32 bits of the timestamp wrap: the later id's first byte
+        // is 0x00, the earlier one's 0xff.
+        let earlier = at(0x1_ffff_ffff, 7);
+        let later = at(0x2_0000_0000, 7);
+        assert!(earlier.uuid() > later.uuid(), "byte order disagrees");
+        assert!(earlier < later);
+        let mut ids = vec![later, earlier];
+        ids.sort();
+        assert_eq!(ids, [earlier, later]);
+        // Same time: clock sequence, then node.
+        assert!(at(GREGORIAN_OFFSET, 1) < at(GREGORIAN_OFFSET, 2));
+        assert_eq!(
+            at(GREGORIAN_OFFSET, 3).cmp(&at(GREGORIAN_OFFSET, 3)),
+            std::cmp::Ordering::Equal
+        );
+        // Consistent with sort_key.
+        for (a, b) in [(earlier, later), (later, earlier), (earlier, earlier)] {
+            assert_eq!(a.cmp(&b), a.sort_key().cmp(&b.sort_key()));
+        }
+        // And with min_at_ticks.
+        assert!(min_at_ticks(later.ticks()) <= later);
+        assert!(min_at_ticks(later.ticks()) > earlier);
     }
 }

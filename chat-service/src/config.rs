@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use auth_validator::VerifierConfig;
 use clap::{Args, Parser, ValueEnum};
+use std::num::{NonZeroU16, NonZeroU32};
+
 use secrecy::SecretString;
 use service_kit::telemetry::LogFormat;
 
@@ -15,12 +17,12 @@ use service_kit::telemetry::LogFormat;
 #[derive(Debug, Clone, Args)]
 pub struct SendLimit {
     /// Messages a user may send per second (sustained).
-    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 10)]
-    pub send_rate_per_sec: u32,
+    #[arg(long, env = "SEND_RATE_PER_SEC", default_value = "10")]
+    pub send_rate_per_sec: NonZeroU32,
 
     /// Messages a user may send in a burst.
-    #[arg(long, env = "SEND_BURST", default_value_t = 30)]
-    pub send_burst: u32,
+    #[arg(long, env = "SEND_BURST", default_value = "30")]
+    pub send_burst: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -97,8 +99,8 @@ pub struct StoreConfig {
     pub cql_consistency: String,
 
     /// Length of a message partition's time bucket, hours.
-    #[arg(long, env = "CQL_BUCKET_HOURS", default_value_t = 24)]
-    pub cql_bucket_hours: u64,
+    #[arg(long, env = "CQL_BUCKET_HOURS", default_value = "24")]
+    pub cql_bucket_hours: NonZeroU32,
 
     /// CQL user name.
     #[arg(long, env = "CQL_USERNAME")]
@@ -129,17 +131,12 @@ pub struct LogConfig {
     )]
     pub kind: LogKind,
 
-    /// Kafka bootstrap servers, `host:port[,host:port…]`.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-
-    /// Topic of `message.created` events (created when missing).
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
-    pub kafka_topic: String,
+    #[command(flatten)]
+    pub kafka: chat_events::KafkaTopic,
 
     /// Partitions when creating the topic.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6)]
-    pub kafka_partitions: i32,
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value = "6")]
+    pub kafka_partitions: NonZeroU16,
 
     /// Replication factor when creating the topic (3 in production).
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
@@ -166,19 +163,6 @@ impl Config {
             !(self.log.kind == LogKind::Embedded && self.store.kind != StoreKind::Embedded),
             "--log embedded is the embedded store's outbox: it needs --store embedded"
         );
-        anyhow::ensure!(
-            self.send.send_rate_per_sec > 0,
-            "--send-rate-per-sec must be positive"
-        );
-        anyhow::ensure!(self.send.send_burst > 0, "--send-burst must be positive");
-        anyhow::ensure!(
-            self.log.kafka_partitions > 0,
-            "--kafka-partitions must be positive"
-        );
-        anyhow::ensure!(
-            self.store.cql_bucket_hours > 0,
-            "--cql-bucket-hours must be positive"
-        );
         Ok(())
     }
 }
@@ -191,6 +175,20 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_are_positive_by_type() {
+        for flag in [
+            "--send-rate-per-sec",
+            "--send-burst",
+            "--kafka-partitions",
+            "--cql-bucket-hours",
+        ] {
+            let err = Config::try_parse_from(["chat-service", flag, "0"])
+                .expect_err("zero is refused while parsing");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 
     #[test]

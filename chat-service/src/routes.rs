@@ -2,13 +2,14 @@
 
 use auth_validator::AuthUser;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chat_events::TimeUuid;
 use governor::clock::{Clock, DefaultClock};
 use serde::{Deserialize, Serialize};
+use service_kit::error::{ErrorBody, ErrorDetail};
 use service_kit::{ApiError, Json, Path, Query};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
@@ -33,11 +34,8 @@ pub fn api(state: AppState) -> Router {
 
 /// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 pub fn probes(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(service_kit::metrics::render))
-        .route("/openapi.json", get(openapi))
+    service_kit::probes::router(get(readyz))
+        .route("/openapi.json", get(service_kit::probes::openapi::<ApiDoc>))
         .with_state(state)
 }
 
@@ -47,7 +45,14 @@ pub fn probes(state: AppState) -> Router {
         title = "chat-service",
         description = "Chats, sending and TimeUUID history."
     ),
-    paths(start_chat, list_chats, send, history, healthz, readyz),
+    paths(
+        start_chat,
+        list_chats,
+        send,
+        history,
+        service_kit::probes::healthz,
+        readyz
+    ),
     components(schemas(
         StartChat,
         ChatOut,
@@ -55,14 +60,12 @@ pub fn probes(state: AppState) -> Router {
         ChatList,
         SendMessage,
         MessageOut,
-        HistoryPage
+        HistoryPage,
+        ErrorBody,
+        ErrorDetail
     ))
 )]
 pub struct ApiDoc;
-
-async fn openapi() -> impl IntoResponse {
-    axum::Json(ApiDoc::openapi())
-}
 
 /// The service's OpenAPI document.
 pub fn openapi_doc() -> utoipa::openapi::OpenApi {
@@ -203,14 +206,6 @@ async fn chat_for(state: &AppState, raw_id: &str, caller: Uuid) -> Result<Chat> 
     }
 }
 
-fn bearer(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()))
-        .unwrap_or_default()
-}
-
 /// Start (or get) the chat with another user.
 #[utoipa::path(post, path = "/chats", request_body = StartChat, security(("bearer" = [])), responses(
     (status = 201, description = "created", body = ChatOut),
@@ -221,7 +216,6 @@ fn bearer(headers: &HeaderMap) -> &str {
 async fn start_chat(
     State(state): State<AppState>,
     caller: AuthUser,
-    headers: HeaderMap,
     Json(body): Json<StartChat>,
 ) -> Result<(StatusCode, Json<ChatOut>)> {
     if body.user_id == caller.id {
@@ -230,7 +224,7 @@ async fn start_chat(
             "you cannot start a chat with yourself".into(),
         ));
     }
-    let token = bearer(&headers);
+    let token = caller.token.as_str();
     let other_name = state
         .users
         .username(body.user_id, token)
@@ -375,12 +369,6 @@ async fn history(
         has_more,
         next_time,
     }))
-}
-
-/// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Readiness: the store and the log answer.

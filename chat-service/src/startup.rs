@@ -2,11 +2,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use auth_validator::Verifier;
 use axum::extract::FromRef;
 use axum::Router;
@@ -55,18 +53,7 @@ impl FromRef<AppState> for Verifier {
 /// The token verifier: the configured key, or else the HS256 secret that
 /// auth-service generated in the shared data directory (embedded mode).
 pub fn verifier(config: &Config, http: reqwest::Client) -> anyhow::Result<Verifier> {
-    let mut auth = config.auth.clone();
-    if !auth.has_key() {
-        let secret = config.data_dir.join("jwt-secret");
-        anyhow::ensure!(
-            secret.exists(),
-            "no token key configured and {} does not exist: start auth-service on the same \
-             --data-dir first, or give --jwt-secret / --jwt-public-key / --jwks-url",
-            secret.display()
-        );
-        auth.jwt_secret_file = Some(secret);
-    }
-    Ok(auth.build(http)?)
+    Ok(config.auth.build_or_shared_secret(&config.data_dir, http)?)
 }
 
 impl AppState {
@@ -101,7 +88,7 @@ impl AppState {
                     replication_factor: s.cql_replication_factor,
                     consistency: parse_consistency(&s.cql_consistency)
                         .map_err(anyhow::Error::msg)?,
-                    bucket: Duration::from_secs(s.cql_bucket_hours * 3600),
+                    bucket: Duration::from_secs(u64::from(s.cql_bucket_hours.get()) * 3600),
                     username: s.cql_username.clone(),
                     password: s
                         .cql_password
@@ -120,9 +107,9 @@ impl AppState {
                 let l = &config.log;
                 Arc::new(
                     KafkaLog::connect(&KafkaSettings {
-                        brokers: l.kafka_brokers.clone(),
-                        topic: l.kafka_topic.clone(),
-                        partitions: l.kafka_partitions,
+                        brokers: l.kafka.kafka_brokers.clone(),
+                        topic: l.kafka.kafka_topic.clone(),
+                        partitions: i32::from(l.kafka_partitions.get()),
                         replication_factor: l.kafka_replication_factor,
                         message_timeout: Duration::from_millis(l.kafka_message_timeout_ms),
                     })
@@ -130,8 +117,7 @@ impl AppState {
                 )
             }
         };
-        let rate = NonZeroU32::new(config.send.send_rate_per_sec).context("send rate")?;
-        let burst = NonZeroU32::new(config.send.send_burst).context("send burst")?;
+        let (rate, burst) = (config.send.send_rate_per_sec, config.send.send_burst);
         Ok(Self {
             sender: Arc::new(Sender::new(store.clone(), log.clone(), sent)),
             store,
@@ -151,35 +137,27 @@ pub fn router(state: AppState) -> Router {
     service_kit::layers::apply(crate::routes::router(state), "chat", Default::default())
 }
 
-/// A bound, ready-to-run service.
-pub struct App {
-    listener: Listener,
-    state: AppState,
-}
+/// A bound, ready-to-run chat-service.
+pub type App = service_kit::server::App<AppState>;
 
-impl App {
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let state = AppState::build(&config).await?;
-        let listener = Listener::bind(config.listen).await?;
-        Ok(Self { listener, state })
+impl service_kit::server::Service for AppState {
+    type Config = Config;
+
+    fn listen_addr(config: &Config) -> SocketAddr {
+        config.listen
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+    async fn from_config(config: &Config) -> anyhow::Result<Self> {
+        AppState::build(config).await
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    async fn serve<F>(self, listener: Listener, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         // Forget idle users' rate-limit state now and then, so memory is
         // bounded by recently active senders.
-        let limiter = self.state.send_limiter.clone();
+        let limiter = self.send_limiter.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
@@ -187,7 +165,7 @@ impl App {
                 limiter.retain_recent();
             }
         });
-        let result = self.listener.serve(router(self.state), shutdown).await;
+        let result = listener.serve(router(self), shutdown).await;
         sweeper.abort();
         tracing::info!("chat-service stopped");
         result

@@ -18,6 +18,23 @@ pub struct ApiError {
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
+/// The error body every failure uses, for API documentation (responses are
+/// written by [`ApiError`]).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// See [`ErrorBody`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `username_taken`.
+    pub code: String,
+    pub message: String,
+    /// For `validation_failed`: `{"fields": {name: problem}}`.
+    pub details: Option<serde_json::Value>,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: Inner<'a>,

@@ -11,6 +11,7 @@
 //!   same error body;
 //! - [`metrics`]: the Prometheus recorder, an HTTP metrics middleware and the
 //!   `/metrics` handler;
+//! - [`probes`]: `/healthz`, `/readyz` and `/metrics` on one router;
 //! - [`server`]: binding a listener and serving a router until shutdown;
 //! - [`layers`]: request ids, tracing, timeouts, body limits and panic capture;
 //! - [`telemetry`]: `tracing` subscriber set-up;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod layers;
 pub mod metrics;
+pub mod probes;
 pub mod server;
 pub mod shutdown;
 pub mod sqlite;

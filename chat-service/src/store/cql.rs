@@ -56,6 +56,7 @@ pub struct CqlStore {
     insert_user_chat: PreparedStatement,
     touch_user_chat: PreparedStatement,
     select_chat: PreparedStatement,
+    select_chats: PreparedStatement,
     select_user_chats: PreparedStatement,
     claim_client_id: PreparedStatement,
     select_client_id: PreparedStatement,
@@ -65,6 +66,29 @@ pub struct CqlStore {
     select_buckets: PreparedStatement,
     select_page: PreparedStatement,
     select_page_before: PreparedStatement,
+}
+
+/// Chats looked up per `IN` query by [`CqlStore::chats_of`].
+const CHATS_PER_QUERY: usize = 100;
+
+/// A `chats` row: id, both participants (id, name), creation time.
+type ChatRow = (Uuid, Uuid, String, Uuid, String, i64);
+
+fn chat_of_row((id, a, a_name, b, b_name, created_at): ChatRow) -> Chat {
+    Chat {
+        id,
+        participants: [
+            Participant {
+                id: a,
+                username: a_name,
+            },
+            Participant {
+                id: b,
+                username: b_name,
+            },
+        ],
+        created_at,
+    }
 }
 
 fn cql(e: impl std::fmt::Display) -> StoreError {
@@ -242,6 +266,14 @@ impl CqlStore {
                 format!(
                     "SELECT chat_id, user_a, user_a_name, user_b, user_b_name, created_at \
                      FROM {ks}.chats WHERE chat_id = ?"
+                ),
+                true,
+            )
+            .await?,
+            select_chats: prepare(
+                format!(
+                    "SELECT chat_id, user_a, user_a_name, user_b, user_b_name, created_at \
+                     FROM {ks}.chats WHERE chat_id IN ?"
                 ),
                 true,
             )
@@ -479,22 +511,9 @@ impl MessageStore for CqlStore {
             .map_err(cql)?
             .into_rows_result()
             .map_err(cql)?
-            .maybe_first_row::<(Uuid, Uuid, String, Uuid, String, i64)>()
+            .maybe_first_row::<ChatRow>()
             .map_err(cql)?;
-        Ok(row.map(|(id, a, a_name, b, b_name, created_at)| Chat {
-            id,
-            participants: [
-                Participant {
-                    id: a,
-                    username: a_name,
-                },
-                Participant {
-                    id: b,
-                    username: b_name,
-                },
-            ],
-            created_at,
-        }))
+        Ok(row.map(chat_of_row))
     }
 
     async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {
@@ -512,9 +531,26 @@ impl MessageStore for CqlStore {
         {
             entries.push(row.map_err(cql)?);
         }
+        // The chats themselves, a bounded `IN` list per query, the queries
+        // concurrent (not one round trip per chat).
+        let ids: Vec<Uuid> = entries.iter().map(|(id, _, _)| *id).collect();
+        let pages = futures::future::try_join_all(
+            ids.chunks(CHATS_PER_QUERY)
+                .map(|chunk| self.session.execute_unpaged(&self.select_chats, (chunk,))),
+        )
+        .await
+        .map_err(cql)?;
+        let mut chats = std::collections::HashMap::with_capacity(ids.len());
+        for page in pages {
+            let rows = page.into_rows_result().map_err(cql)?;
+            for row in rows.rows::<ChatRow>().map_err(cql)? {
+                let chat = chat_of_row(row.map_err(cql)?);
+                chats.insert(chat.id, chat);
+            }
+        }
         let mut out = Vec::with_capacity(entries.len());
         for (chat_id, last_activity, last_message_id) in entries {
-            if let Some(chat) = self.chat(chat_id).await? {
+            if let Some(chat) = chats.remove(&chat_id) {
                 out.push(ChatSummary {
                     last_activity: last_activity.unwrap_or(chat.created_at),
                     last_message_id: last_message_id

@@ -18,9 +18,9 @@ const TOPIC: &str = "chat.messages.test";
 fn kafka_mode(broker: &Broker) -> impl FnOnce(&mut chat_service::Config) + '_ {
     move |c| {
         c.log.kind = LogKind::Kafka;
-        c.log.kafka_brokers = broker.brokers();
-        c.log.kafka_topic = TOPIC.into();
-        c.log.kafka_partitions = 3;
+        c.log.kafka.kafka_brokers = broker.brokers();
+        c.log.kafka.kafka_topic = TOPIC.into();
+        c.log.kafka_partitions = std::num::NonZeroU16::new(3).expect("positive");
         c.log.kafka_message_timeout_ms = 1500;
     }
 }
