@@ -91,9 +91,25 @@ fn chat_of_row((id, a, a_name, b, b_name, created_at): ChatRow) -> Chat {
     }
 }
 
-fn cql(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Cql(e.to_string())
+/// The one conversion of the driver's errors: each becomes
+/// [`StoreError::Cql`] with its message, so `?` works on every call.
+macro_rules! from_driver_errors {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for StoreError {
+            fn from(e: $error) -> Self {
+                StoreError::Cql(e.to_string())
+            }
+        }
+    )*};
 }
+
+from_driver_errors!(
+    scylla::errors::ExecutionError,
+    scylla::errors::IntoRowsResultError,
+    scylla::errors::RowsError,
+    scylla::errors::DeserializationError,
+    scylla::errors::MaybeFirstRowError,
+);
 
 /// Parses `one`, `quorum`, `local-quorum`, `all`… (case-insensitive).
 pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
@@ -365,11 +381,9 @@ impl CqlStore {
                 &self.select_message,
                 (chat, self.bucket_of(id), CqlTimeuuid::from(id.uuid())),
             )
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?;
-        let row = rows.maybe_first_row::<MessageRow>().map_err(cql)?;
+            .await?
+            .into_rows_result()?;
+        let row = rows.maybe_first_row::<MessageRow>()?;
         row.map(|r| r.into_message(chat)).transpose()
     }
 
@@ -386,22 +400,17 @@ impl CqlStore {
                     CqlTimeuuid::from(m.id.uuid()),
                 ),
             )
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?;
+            .await?
+            .into_rows_result()?;
         if lwt_applied(&result)? {
             return Ok(m.id);
         }
         let owner = self
             .session
             .execute_unpaged(&self.select_client_id, (m.chat_id, m.sender_id, client_id))
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?
-            .maybe_first_row::<(CqlTimeuuid,)>()
-            .map_err(cql)?
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(CqlTimeuuid,)>()?
             .ok_or_else(|| StoreError::Cql("client id claimed but not readable".into()))?;
         TimeUuid::from_uuid(owner.0.into()).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
@@ -422,18 +431,15 @@ impl CqlStore {
                     &m.client_message_id,
                 ),
             )
-            .await
-            .map_err(cql)?;
+            .await?;
         self.session
             .execute_unpaged(&self.insert_bucket, (m.chat_id, bucket))
-            .await
-            .map_err(cql)?;
+            .await?;
         let at = m.id.unix_millis();
         for user in [m.sender_id, m.recipient_id] {
             self.session
                 .execute_unpaged(&self.touch_user_chat, (at, id, user, m.chat_id))
-                .await
-                .map_err(cql)?;
+                .await?;
         }
         Ok(())
     }
@@ -442,8 +448,7 @@ impl CqlStore {
 /// The `[applied]` column of an LWT result.
 fn lwt_applied(rows: &scylla::response::query_result::QueryRowsResult) -> Result<bool, StoreError> {
     let row = rows
-        .maybe_first_row::<Row>()
-        .map_err(cql)?
+        .maybe_first_row::<Row>()?
         .ok_or_else(|| StoreError::Cql("LWT returned no row".into()))?;
     match row.columns.first() {
         Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
@@ -488,17 +493,14 @@ impl MessageStore for CqlStore {
                     chat.created_at,
                 ),
             )
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?;
+            .await?
+            .into_rows_result()?;
         let created = lwt_applied(&result)?;
         // Conditional, so a retry never moves a chat's activity backwards.
         for user in [a.id, b.id] {
             self.session
                 .execute_unpaged(&self.insert_user_chat, (chat.created_at, user, chat.id))
-                .await
-                .map_err(cql)?;
+                .await?;
         }
         Ok(created)
     }
@@ -507,12 +509,9 @@ impl MessageStore for CqlStore {
         let row = self
             .session
             .execute_unpaged(&self.select_chat, (id,))
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?
-            .maybe_first_row::<ChatRow>()
-            .map_err(cql)?;
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<ChatRow>()?;
         Ok(row.map(chat_of_row))
     }
 
@@ -520,16 +519,11 @@ impl MessageStore for CqlStore {
         let rows = self
             .session
             .execute_unpaged(&self.select_user_chats, (user,))
-            .await
-            .map_err(cql)?
-            .into_rows_result()
-            .map_err(cql)?;
+            .await?
+            .into_rows_result()?;
         let mut entries = Vec::new();
-        for row in rows
-            .rows::<(Uuid, Option<i64>, Option<CqlTimeuuid>)>()
-            .map_err(cql)?
-        {
-            entries.push(row.map_err(cql)?);
+        for row in rows.rows::<(Uuid, Option<i64>, Option<CqlTimeuuid>)>()? {
+            entries.push(row?);
         }
         // The chats themselves, a bounded `IN` list per query, the queries
         // concurrent (not one round trip per chat).
@@ -538,13 +532,12 @@ impl MessageStore for CqlStore {
             ids.chunks(CHATS_PER_QUERY)
                 .map(|chunk| self.session.execute_unpaged(&self.select_chats, (chunk,))),
         )
-        .await
-        .map_err(cql)?;
+        .await?;
         let mut chats = std::collections::HashMap::with_capacity(ids.len());
         for page in pages {
-            let rows = page.into_rows_result().map_err(cql)?;
-            for row in rows.rows::<ChatRow>().map_err(cql)? {
-                let chat = chat_of_row(row.map_err(cql)?);
+            let rows = page.into_rows_result()?;
+            for row in rows.rows::<ChatRow>()? {
+                let chat = chat_of_row(row?);
                 chats.insert(chat.id, chat);
             }
         }
@@ -599,13 +592,11 @@ impl MessageStore for CqlStore {
             let buckets = self
                 .session
                 .execute_unpaged(&self.select_buckets, (chat, upper))
-                .await
-                .map_err(cql)?
-                .into_rows_result()
-                .map_err(cql)?;
+                .await?
+                .into_rows_result()?;
             let mut found: Vec<i64> = Vec::new();
-            for b in buckets.rows::<(i64,)>().map_err(cql)? {
-                found.push(b.map_err(cql)?.0);
+            for b in buckets.rows::<(i64,)>()? {
+                found.push(b?.0);
             }
             if found.is_empty() {
                 break;
@@ -626,12 +617,10 @@ impl MessageStore for CqlStore {
                             .execute_unpaged(&self.select_page, (chat, *bucket, want))
                             .await
                     }
-                }
-                .map_err(cql)?
-                .into_rows_result()
-                .map_err(cql)?;
-                for row in result.rows::<MessageRow>().map_err(cql)? {
-                    out.push(row.map_err(cql)?.into_message(chat)?);
+                }?
+                .into_rows_result()?;
+                for row in result.rows::<MessageRow>()? {
+                    out.push(row?.into_message(chat)?);
                 }
                 if out.len() >= limit {
                     break 'buckets;
@@ -649,8 +638,7 @@ impl MessageStore for CqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.session
             .query_unpaged("SELECT release_version FROM system.local", &[])
-            .await
-            .map_err(cql)?;
+            .await?;
         Ok(())
     }
 
