@@ -98,7 +98,8 @@ async fn readyz(State(p): State<Probes>) -> Response {
 const INDEX: &str = include_str!("../web/index.html");
 
 /// How often a growing batch is rewritten in the embedded realtime store.
-pub const EMBEDDED_FLUSH_INTERVAL_MS: u64 = 20;
+pub const EMBEDDED_FLUSH_INTERVAL_MS: std::num::NonZeroU64 =
+    std::num::NonZeroU64::new(20).expect("positive");
 
 /// A built, bound all-in-one server.
 pub struct App {

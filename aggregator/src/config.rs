@@ -2,6 +2,7 @@
 //! embedded mode: chat-service's outbox in, the embedded realtime store out.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,24 +79,24 @@ pub struct Config {
     pub batch_max_gap_secs: u64,
 
     /// Most messages in one batch.
-    #[arg(long, env = "BATCH_MAX_COUNT", default_value_t = 200)]
-    pub batch_max_count: usize,
+    #[arg(long, env = "BATCH_MAX_COUNT", default_value = "200")]
+    pub batch_max_count: NonZeroUsize,
 
     /// Largest batch document, bytes (Firestore's limit is 1 MiB).
     #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = 256 * 1024)]
     pub batch_max_bytes: usize,
 
     /// Growth of a batch is written at most this often, milliseconds.
-    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = 1000)]
-    pub flush_interval_ms: u64,
+    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value = "1000")]
+    pub flush_interval_ms: NonZeroU64,
 
     /// `expire_at` of a batch is its last message plus this many days.
     #[arg(long, env = "BATCH_TTL_DAYS", default_value_t = 30)]
     pub batch_ttl_days: u64,
 
     /// How often the embedded source polls the log when idle, milliseconds.
-    #[arg(long, env = "EMBEDDED_POLL_MS", default_value_t = 10)]
-    pub embedded_poll_ms: u64,
+    #[arg(long, env = "EMBEDDED_POLL_MS", default_value = "10")]
+    pub embedded_poll_ms: NonZeroU64,
 
     #[command(flatten)]
     pub auth: VerifierConfig,
@@ -137,9 +138,9 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_gap: Duration::from_secs(self.batch_max_gap_secs),
-            max_count: self.batch_max_count,
+            max_count: self.batch_max_count.get(),
             max_bytes: self.batch_max_bytes,
-            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            flush_interval: Duration::from_millis(self.flush_interval_ms.get()),
         }
     }
 
@@ -149,20 +150,8 @@ impl Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.batch_max_count >= 1,
-            "--batch-max-count must be at least 1"
-        );
-        anyhow::ensure!(
             (16 * 1024..=MAX_DOCUMENT_BYTES).contains(&self.batch_max_bytes),
             "--batch-max-bytes must be 16 KiB to 900 KiB (a message can be 16 KiB; Firestore allows 1 MiB)"
-        );
-        anyhow::ensure!(
-            self.flush_interval_ms >= 1,
-            "--flush-interval-ms must be positive"
-        );
-        anyhow::ensure!(
-            self.embedded_poll_ms >= 1,
-            "--embedded-poll-ms must be positive"
         );
         Ok(())
     }
@@ -174,6 +163,20 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         super::Config::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_are_positive_by_type() {
+        use clap::Parser;
+        for flag in [
+            "--batch-max-count",
+            "--flush-interval-ms",
+            "--embedded-poll-ms",
+        ] {
+            let err = super::Config::try_parse_from(["aggregator", flag, "0"])
+                .expect_err("zero is refused while parsing");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl Components {
                     EmbeddedSource::new(
                         db,
                         positions,
-                        Duration::from_millis(config.embedded_poll_ms),
+                        Duration::from_millis(config.embedded_poll_ms.get()),
                         notify,
                     )
                     .await?,

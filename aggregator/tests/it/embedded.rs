@@ -38,8 +38,8 @@ where
 
 async fn start_aggregator(dir: PathBuf) -> Server {
     let mut config = aggregator::Config::embedded(dir);
-    config.flush_interval_ms = 300;
-    config.embedded_poll_ms = 5;
+    config.flush_interval_ms = std::num::NonZeroU64::new(300).expect("positive");
+    config.embedded_poll_ms = std::num::NonZeroU64::new(5).expect("positive");
     let app = aggregator::App::build(config, None)
         .await
         .expect("aggregator");
