@@ -254,17 +254,14 @@ async fn start_chat(
     };
     let created = state.store.create_chat(&chat).await?;
     // Return what is stored, so both participants see the same record.
-    let stored = state.store.chat(chat.id).await?.unwrap_or(chat);
     let summary = state
         .store
-        .chats_of(caller.id)
+        .chat_summary(caller.id, chat.id)
         .await?
-        .into_iter()
-        .find(|s| s.chat.id == stored.id)
         .unwrap_or(ChatSummary {
-            last_activity: stored.created_at,
+            last_activity: chat.created_at,
             last_message_id: None,
-            chat: stored,
+            chat,
         });
     let status = if created {
         StatusCode::CREATED

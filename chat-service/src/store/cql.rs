@@ -58,6 +58,7 @@ pub struct CqlStore {
     select_chat: PreparedStatement,
     select_chats: PreparedStatement,
     select_user_chats: PreparedStatement,
+    select_user_chat: PreparedStatement,
     claim_client_id: PreparedStatement,
     select_client_id: PreparedStatement,
     insert_message: PreparedStatement,
@@ -301,6 +302,14 @@ impl CqlStore {
                 true,
             )
             .await?,
+            select_user_chat: prepare(
+                format!(
+                    "SELECT last_activity, last_message_id FROM {ks}.user_chats \
+                     WHERE user_id = ? AND chat_id = ?"
+                ),
+                true,
+            )
+            .await?,
             claim_client_id: prepare(
                 format!(
                     "INSERT INTO {ks}.client_ids (chat_id, sender_id, client_message_id, message_id) \
@@ -513,6 +522,23 @@ impl MessageStore for CqlStore {
             .into_rows_result()?
             .maybe_first_row::<ChatRow>()?;
         Ok(row.map(chat_of_row))
+    }
+
+    async fn chat_summary(&self, user: Uuid, id: Uuid) -> Result<Option<ChatSummary>, StoreError> {
+        let activity = self
+            .session
+            .execute_unpaged(&self.select_user_chat, (user, id))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<i64>, Option<CqlTimeuuid>)>()?;
+        let Some((last_activity, last_message_id)) = activity else {
+            return Ok(None);
+        };
+        Ok(self.chat(id).await?.map(|chat| ChatSummary {
+            last_activity: last_activity.unwrap_or(chat.created_at),
+            last_message_id: last_message_id.and_then(|t| TimeUuid::from_uuid(t.into()).ok()),
+            chat,
+        }))
     }
 
     async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {

@@ -115,6 +115,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The user's chats, most recently active first.
     async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError>;
 
+    /// One chat of the user's, with its activity (`None`: no such chat, or
+    /// the user is not in it).
+    async fn chat_summary(&self, user: Uuid, id: Uuid) -> Result<Option<ChatSummary>, StoreError>;
+
     /// Stores `message` (its id chosen by the caller), unless one with the
     /// same chat, sender and `client_message_id` exists: then returns that.
     /// Two concurrent inserts with one `client_message_id` store one message.

@@ -119,6 +119,16 @@ impl SqliteStore {
 const CHAT_COLUMNS: &str =
     "id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity, last_message_id";
 
+/// A chat row ([`CHAT_COLUMNS`]) with its activity.
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<ChatSummary> {
+    let last: Option<Uuid> = row.get(7)?;
+    Ok(ChatSummary {
+        chat: chat_from_row(row)?,
+        last_activity: row.get(6)?,
+        last_message_id: last.and_then(|u| TimeUuid::from_uuid(u).ok()),
+    })
+}
+
 fn chat_from_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
     Ok(Chat {
         id: row.get(0)?,
@@ -221,6 +231,17 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn chat_summary(&self, user: Uuid, id: Uuid) -> Result<Option<ChatSummary>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1 AND (user_a = ?2 OR user_b = ?2)"
+            ))?
+            .query_row(params![id, user], summary_from_row)
+            .optional()
+        })
+        .await
+    }
+
     async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {
         self.read(move |c| {
             let mut query = c.prepare_cached(&format!(
@@ -228,14 +249,7 @@ impl MessageStore for SqliteStore {
                  UNION ALL SELECT {CHAT_COLUMNS} FROM chats WHERE user_b = ?1 \
                  ORDER BY last_activity DESC"
             ))?;
-            let rows = query.query_map([user], |row| {
-                let last: Option<Uuid> = row.get(7)?;
-                Ok(ChatSummary {
-                    chat: chat_from_row(row)?,
-                    last_activity: row.get(6)?,
-                    last_message_id: last.and_then(|u| TimeUuid::from_uuid(u).ok()),
-                })
-            })?;
+            let rows = query.query_map([user], summary_from_row)?;
             rows.collect()
         })
         .await

@@ -128,6 +128,18 @@ async fn chats_are_created_once_and_listed_by_activity(store: Store) {
     assert_eq!(summaries[0].chat.id, ab.id);
     assert_eq!(summaries[0].last_message_id, Some(m.id));
     assert_eq!(store.chats_of(b).await.expect("list").len(), 1);
+    // One chat alone, as each member sees it; nobody else sees it.
+    for user in [a, b] {
+        assert_eq!(
+            store.chat_summary(user, ab.id).await.expect("one"),
+            Some(summaries[0].clone())
+        );
+    }
+    assert_eq!(store.chat_summary(c, ab.id).await.expect("one"), None);
+    assert_eq!(
+        store.chat_summary(a, Uuid::new_v4()).await.expect("one"),
+        None
+    );
     assert!(store
         .chats_of(Uuid::new_v4())
         .await
