@@ -12,11 +12,6 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub struct Pools {
-    pub write: SqlitePool,
-    pub read: SqlitePool,
-}
-
 fn options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
@@ -48,19 +43,6 @@ async fn open_writer(path: &Path, migrator: &Migrator) -> anyhow::Result<SqliteP
 pub async fn migrate(path: &Path, migrator: &Migrator) -> anyhow::Result<()> {
     open_writer(path, migrator).await?.close().await;
     Ok(())
-}
-
-/// Opens (creating it and its directory if needed) the database at `path`,
-/// runs `migrator` on it, and returns the writer and a pool of `readers`.
-pub async fn open(path: &Path, migrator: &Migrator, readers: u32) -> anyhow::Result<Pools> {
-    let write = open_writer(path, migrator).await?;
-    let options = options(path);
-    let read = SqlitePoolOptions::new()
-        .max_connections(readers.max(1))
-        .connect_with(options.read_only(true))
-        .await
-        .with_context(|| format!("opening {} for reading", path.display()))?;
-    Ok(Pools { write, read })
 }
 
 /// Why a write through a [`GroupWriter`] did not happen.
