@@ -56,6 +56,25 @@ async fn user(http: &reqwest::Client, base: &str, name: &str, register: bool) ->
     User { id, token }
 }
 
+/// `POST /chat/{chat}/messages` as `from`; the response status.
+async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    chat: &str,
+    from: &User,
+    text: &str,
+    client_id: &str,
+) -> u16 {
+    http.post(format!("{base}/chat/{chat}/messages"))
+        .bearer_auth(&from.token)
+        .json(&json!({"text": text, "client_message_id": client_id}))
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
 async fn history(http: &reqwest::Client, base: &str, chat: &str, u: &User) -> Vec<String> {
     let page: Value = http
         .get(format!("{base}/chat/{chat}?quantity=100"))
@@ -133,14 +152,8 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
 
     for (from, text) in [(&alice, "hi bob"), (&alice, "lunch?"), (&bob, "sure")] {
         let sent = Instant::now();
-        let r = http
-            .post(format!("{base}/chat/{chat}/messages"))
-            .bearer_auth(&from.token)
-            .json(&json!({"text": text, "client_message_id": text.replace([' ', '?'], "-")}))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), 201);
+        let client_id = text.replace([' ', '?'], "-");
+        assert_eq!(send(&http, &base, &chat, from, text, &client_id).await, 201);
         // Bob's stream shows each message as part of a batch document.
         loop {
             let doc = next_batch(&mut bob_sees).await;
@@ -202,14 +215,7 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
     assert_eq!(second["seq"].as_u64(), Some(2));
     assert_eq!(second["messages"][0]["text"], "sure");
     // A retried send after the restart is still recognised.
-    let r = http
-        .post(format!("{base}/chat/{chat}/messages"))
-        .bearer_auth(&bob.token)
-        .json(&json!({"text": "sure", "client_message_id": "sure"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    assert_eq!(send(&http, &base, &chat, &bob, "sure", "sure").await, 200);
     assert_eq!(history(&http, &base, &chat, &bob).await.len(), 3);
     server.stop();
 }
@@ -259,14 +265,7 @@ async fn the_all_in_one_ignores_the_services_settings_in_its_environment() {
             .expect("stream"),
     );
     for text in ["one", "two"] {
-        let r = http
-            .post(format!("{base}/chat/{chat}/messages"))
-            .bearer_auth(&alice.token)
-            .json(&json!({"text": text, "client_message_id": text}))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), 201);
+        assert_eq!(send(&http, &base, &chat, &alice, text, text).await, 201);
     }
     // Through the embedded outbox to the embedded realtime store, batched
     // with the default limits (BATCH_MAX_COUNT=1 would split them).
