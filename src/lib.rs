@@ -25,7 +25,6 @@ use clap::Parser;
 use service_kit::server::Listener;
 use service_kit::telemetry::LogFormat;
 use service_kit::ApiError;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// chat-backend: auth, chat and aggregator in one process, everything
@@ -116,18 +115,16 @@ impl App {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         // auth first: it creates the signing key the others check tokens with.
         let auth = auth_service::AppState::build(&auth_service::Config::embedded(dir)).await?;
-        let sent = Arc::new(Notify::new());
         let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));
         let mut chat_config = chat_service::Config::embedded(dir);
         chat_config.send = config.send.clone();
-        let chat =
-            chat_service::AppState::build_with(&chat_config, Some(users), Some(sent.clone()))
-                .await?;
+        let chat = chat_service::AppState::build_with(&chat_config, Some(users)).await?;
         // SQLite has no per-document write limit, so the embedded store can
         // show a growing batch sooner than Firestore's once a second.
         let mut aggregator_config = aggregator::Config::embedded(dir);
         aggregator_config.flush_interval_ms = EMBEDDED_FLUSH_INTERVAL_MS;
-        let parts = aggregator::Components::build(&aggregator_config, Some(sent)).await?;
+        let parts =
+            aggregator::Components::build(&aggregator_config, chat.outbox_wake.clone()).await?;
         let streams = parts
             .streams
             .context("the embedded aggregator serves SSE streams")?;

@@ -127,12 +127,53 @@ impl Batch {
     }
 
     /// Whether `self` is at least as far along the log as `other` (same
-    /// chat and batch): used to refuse backwards writes.
+    /// chat): a later batch, or this batch no less far along
+    /// ([`Progress::against`]).
     pub fn is_not_older_than(&self, other: &Batch) -> bool {
         self.seq > other.seq
             || (self.seq == other.seq
-                && self.count() >= other.count()
-                && (self.closed || !other.closed))
+                && Progress::of(self).against(Progress::of(other)) != Compared::Behind)
+    }
+}
+
+/// How far along one batch document is. A batch only ever grows and then
+/// closes, so this orders every state a document goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub count: usize,
+    pub closed: bool,
+}
+
+/// A write's state of a batch against the stored state of the same batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compared {
+    /// The same state: nothing to write.
+    Same,
+    /// Further along: write it.
+    Ahead,
+    /// The stored state is further along (or not on this write's path):
+    /// the writer is stale and must not write.
+    Behind,
+}
+
+impl Progress {
+    pub fn of(batch: &Batch) -> Self {
+        Self {
+            count: batch.count(),
+            closed: batch.closed,
+        }
+    }
+
+    /// The one rule every sink applies before it replaces a stored batch
+    /// document.
+    pub fn against(self, stored: Progress) -> Compared {
+        if self == stored {
+            Compared::Same
+        } else if self.count >= stored.count && (self.closed || !stored.closed) {
+            Compared::Ahead
+        } else {
+            Compared::Behind
+        }
     }
 }
 
@@ -439,6 +480,24 @@ mod tests {
     use super::*;
     use chat_events::TimeUuidGenerator;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_stored_batch_is_replaced_only_by_a_state_further_along() {
+        let p = |count, closed| Progress { count, closed };
+        assert_eq!(p(3, false).against(p(3, false)), Compared::Same);
+        assert_eq!(p(3, true).against(p(3, true)), Compared::Same);
+        assert_eq!(p(4, false).against(p(3, false)), Compared::Ahead);
+        assert_eq!(p(3, true).against(p(3, false)), Compared::Ahead);
+        assert_eq!(p(4, true).against(p(3, false)), Compared::Ahead);
+        assert_eq!(p(2, false).against(p(3, false)), Compared::Behind);
+        assert_eq!(p(2, true).against(p(3, false)), Compared::Behind);
+        assert_eq!(p(3, false).against(p(3, true)), Compared::Behind);
+        assert_eq!(
+            p(5, false).against(p(3, true)),
+            Compared::Behind,
+            "a closed batch never grows"
+        );
+    }
 
     struct Chat {
         id: Uuid,

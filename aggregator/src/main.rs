@@ -10,7 +10,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = aggregator::Config::parse();
     service_kit::telemetry::init(config.log_format);
-    let app = aggregator::App::build(config, None).await?;
+    let app = aggregator::App::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "aggregator listening");
     app.run_until_stopped(service_kit::shutdown::signal()).await
 }

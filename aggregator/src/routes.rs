@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use crate::sink::embedded::{Change, EmbeddedSink};
 use crate::sink::Sink;
-use crate::source::embedded::ChatDb;
 use crate::source::SourceStatus;
+use chat_service::outbox::OutboxReader;
 
 /// Newest batches sent when a stream starts; older ones come from history.
 pub const SNAPSHOT_BATCHES: i64 = 50;
@@ -65,7 +65,7 @@ async fn readyz(State(state): State<ProbeState>) -> Response {
 #[derive(Clone)]
 pub struct StreamState {
     pub store: EmbeddedSink,
-    pub chats: ChatDb,
+    pub chats: OutboxReader,
     pub verifier: Verifier,
 }
 
@@ -96,7 +96,7 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("chat not found");
     let chat = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let participants = state.chats.participants(chat).await.map_err(|e| {
+    let participants = state.chats.members(chat).await.map_err(|e| {
         tracing::error!(error = %e, "reading chat participants");
         ApiError::unavailable("chat store unavailable")
     })?;

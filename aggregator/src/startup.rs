@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use service_kit::server::Listener;
-use tokio::sync::Notify;
 
 use crate::config::{SinkKind, SourceKind};
 use crate::pipeline::Pipeline;
@@ -17,11 +16,12 @@ use crate::sink::embedded::EmbeddedSink;
 #[cfg(feature = "firestore")]
 use crate::sink::firestore::FirestoreSink;
 use crate::sink::Sink;
-use crate::source::embedded::{ChatDb, EmbeddedSource};
+use crate::source::embedded::{EmbeddedSource, PositionFile};
 #[cfg(feature = "kafka")]
 use crate::source::kafka::{KafkaSource, KafkaSourceSettings};
 use crate::source::{Source, SourceStatus};
 use crate::Config;
+use chat_service::outbox::{OutboxReader, OutboxWake};
 
 /// How long a standalone aggregator waits for chat-service's `chat.db`.
 const CHAT_DB_WAIT: Duration = Duration::from_secs(60);
@@ -51,10 +51,10 @@ pub struct Components {
 pub const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 impl Components {
-    /// Builds source, sink and pipeline. `notify`, in a single process with
+    /// Builds source, sink and pipeline. `wake`, in a single process with
     /// chat-service, wakes the embedded source on each send instead of
     /// waiting for a poll.
-    pub async fn build(config: &Config, notify: Option<Arc<Notify>>) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, wake: Option<OutboxWake>) -> anyhow::Result<Self> {
         config.validate()?;
         service_kit::metrics::handle();
         let embedded = match config.sink {
@@ -75,29 +75,20 @@ impl Components {
         };
         let needs_chat_db = config.source == SourceKind::Embedded || embedded.is_some();
         let chat_db = if needs_chat_db {
-            Some(ChatDb::open(&config.data_dir, CHAT_DB_WAIT).await?)
+            Some(OutboxReader::open(&config.data_dir, CHAT_DB_WAIT).await?)
         } else {
             None
         };
         let source: Box<dyn Source> = match config.source {
-            SourceKind::Embedded => {
-                let positions = match &embedded {
-                    Some(store) => store.clone(),
-                    // Positions of the embedded log live in realtime.db even
-                    // when documents go to Firestore.
-                    None => EmbeddedSink::open(&config.data_dir, config.ttl()).await?,
-                };
-                let db = chat_db.clone().context("chat.db")?;
-                Box::new(
-                    EmbeddedSource::new(
-                        db,
-                        positions,
-                        Duration::from_millis(config.embedded_poll_ms.get()),
-                        notify,
-                    )
-                    .await?,
+            SourceKind::Embedded => Box::new(
+                EmbeddedSource::new(
+                    chat_db.clone().context("chat.db")?,
+                    PositionFile::in_dir(&config.data_dir),
+                    Duration::from_millis(config.embedded_poll_ms.get()),
+                    wake,
                 )
-            }
+                .await?,
+            ),
             #[cfg(not(feature = "kafka"))]
             SourceKind::Kafka => {
                 anyhow::bail!(service_kit::config::not_built("--source kafka", "kafka"))
@@ -135,8 +126,9 @@ impl Components {
 }
 
 impl App {
-    pub async fn build(config: Config, notify: Option<Arc<Notify>>) -> anyhow::Result<Self> {
-        let parts = Components::build(&config, notify).await?;
+    /// A standalone aggregator (an embedded source polls the outbox).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let parts = Components::build(&config, None).await?;
         let mut router = probes(ProbeState {
             sink: parts.sink,
             source: parts.source,

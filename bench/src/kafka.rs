@@ -218,7 +218,7 @@ async fn aggregator(
     anyhow::ensure!(bin.exists(), "{} not found", bin.display());
     let data = tempfile::tempdir()?;
     // The embedded sink serves SSE, which checks chat membership in chat.db.
-    chat_service::store::sqlite::SqliteStore::open(data.path(), false)
+    chat_service::store::sqlite::SqliteStore::open(data.path())
         .await?
         .close()
         .await;

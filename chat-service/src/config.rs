@@ -146,6 +146,14 @@ pub struct LogConfig {
     /// fails with 503, milliseconds.
     #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 5000)]
     pub kafka_message_timeout_ms: u64,
+
+    /// Most records the producer puts in one batch (librdkafka's
+    /// `batch.num.messages`). Set 1 with Tansu 0.6: its fetch from an offset
+    /// inside a stored batch skips the rest of that batch, so a consumer
+    /// resuming from a committed offset there would miss records. Apache
+    /// Kafka has no such limit.
+    #[arg(long, env = "KAFKA_BATCH_NUM_MESSAGES", default_value = "10000")]
+    pub kafka_batch_num_messages: std::num::NonZeroU32,
 }
 
 impl Config {

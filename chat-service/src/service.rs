@@ -26,22 +26,15 @@ pub struct Sender {
     log: Arc<dyn MessageLog>,
     ids: TimeUuidGenerator,
     stripes: Vec<tokio::sync::Mutex<()>>,
-    sent: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Sender {
-    /// `sent`, if given, is notified after every acknowledged send.
-    pub fn new(
-        store: Arc<dyn MessageStore>,
-        log: Arc<dyn MessageLog>,
-        sent: Option<Arc<tokio::sync::Notify>>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn MessageStore>, log: Arc<dyn MessageLog>) -> Self {
         Self {
             store,
             log,
             ids: TimeUuidGenerator::new(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            sent,
         }
     }
 
@@ -72,9 +65,6 @@ impl Sender {
             Inserted::Existing(_) => "repeat",
         };
         metrics::counter!("chat_messages_sent_total", "outcome" => outcome).increment(1);
-        if let Some(sent) = &self.sent {
-            sent.notify_one();
-        }
         Ok(inserted)
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use auth_validator::Verifier;
 use axum::extract::FromRef;
 use axum::Router;
@@ -17,7 +18,8 @@ use uuid::Uuid;
 use crate::config::{LogKind, StoreKind};
 #[cfg(feature = "kafka")]
 use crate::log::kafka::{KafkaLog, KafkaSettings};
-use crate::log::{MessageLog, OutboxLog};
+use crate::log::MessageLog;
+use crate::outbox::{OutboxLog, OutboxWake};
 use crate::service::Sender;
 #[cfg(feature = "cql")]
 use crate::store::cql::{parse_consistency, CqlSettings, CqlStore};
@@ -39,6 +41,9 @@ pub struct AppState {
     /// created (participants and their names at creation), so entries never
     /// go stale; only chats that exist are kept.
     pub chats: Arc<quick_cache::sync::Cache<Uuid, Chat>>,
+    /// With the embedded log: wakes a reader of the outbox in this process
+    /// after each send (clone it per reader).
+    pub outbox_wake: Option<OutboxWake>,
 }
 
 /// Chats kept in [`AppState::chats`] (about 200 bytes each).
@@ -58,25 +63,28 @@ pub fn verifier(config: &Config, http: reqwest::Client) -> anyhow::Result<Verifi
 
 impl AppState {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        Self::build_with(config, None, None).await
+        Self::build_with(config, None).await
     }
 
     /// Like [`AppState::build`], for embedding in one process: `users`
-    /// replaces the HTTP lookup in auth-service, and `sent` is notified
-    /// after every acknowledged send (the embedded aggregator waits on it).
+    /// replaces the HTTP lookup in auth-service.
     pub async fn build_with(
         config: &Config,
         users: Option<Arc<dyn UserDirectory>>,
-        sent: Option<Arc<tokio::sync::Notify>>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
         service_kit::metrics::handle();
         let http = reqwest::Client::new();
         let verifier = verifier(config, http.clone())?;
+        // The embedded log is the embedded store's outbox: they come as a pair.
+        let mut outbox: Option<OutboxLog> = None;
         let store: Arc<dyn MessageStore> = match config.store.kind {
-            StoreKind::Embedded => Arc::new(
-                SqliteStore::open(&config.data_dir, config.log.kind == LogKind::Embedded).await?,
-            ),
+            StoreKind::Embedded if config.log.kind == LogKind::Embedded => {
+                let (store, log) = SqliteStore::open_with_outbox(&config.data_dir).await?;
+                outbox = Some(log);
+                Arc::new(store)
+            }
+            StoreKind::Embedded => Arc::new(SqliteStore::open(&config.data_dir).await?),
             #[cfg(not(feature = "cql"))]
             StoreKind::Cql => anyhow::bail!(service_kit::config::not_built("--store cql", "cql")),
             #[cfg(feature = "cql")]
@@ -98,8 +106,13 @@ impl AppState {
                 Arc::new(CqlStore::connect(&settings).await?)
             }
         };
+        let mut outbox_wake = None;
         let log: Arc<dyn MessageLog> = match config.log.kind {
-            LogKind::Embedded => Arc::new(OutboxLog),
+            LogKind::Embedded => {
+                let log = outbox.context("--log embedded needs --store embedded")?;
+                outbox_wake = Some(log.wake());
+                Arc::new(log)
+            }
             #[cfg(not(feature = "kafka"))]
             LogKind::Kafka => anyhow::bail!(service_kit::config::not_built("--log kafka", "kafka")),
             #[cfg(feature = "kafka")]
@@ -112,6 +125,7 @@ impl AppState {
                         partitions: i32::from(l.kafka_partitions.get()),
                         replication_factor: l.kafka_replication_factor,
                         message_timeout: Duration::from_millis(l.kafka_message_timeout_ms),
+                        batch_num_messages: l.kafka_batch_num_messages.get(),
                     })
                     .await?,
                 )
@@ -119,7 +133,7 @@ impl AppState {
         };
         let (rate, burst) = (config.send.send_rate_per_sec, config.send.send_burst);
         Ok(Self {
-            sender: Arc::new(Sender::new(store.clone(), log.clone(), sent)),
+            sender: Arc::new(Sender::new(store.clone(), log.clone())),
             store,
             log,
             users: users.unwrap_or_else(|| Arc::new(HttpDirectory::new(&config.auth_url, http))),
@@ -128,6 +142,7 @@ impl AppState {
                 Quota::per_second(rate).allow_burst(burst),
             )),
             chats: Arc::new(quick_cache::sync::Cache::new(CACHED_CHATS)),
+            outbox_wake,
         })
     }
 }

@@ -110,6 +110,8 @@ impl Services {
             .arg(self.dir.path().join("chat"))
             .args(["--log", "kafka", "--kafka-brokers", &self.brokers])
             .args(["--kafka-topic", TOPIC, "--kafka-partitions", PARTITIONS])
+            // Tansu 0.6 (see the option's docs).
+            .args(["--kafka-batch-num-messages", "1"])
             .args(["--auth-url", &self.auth()])
             .args([
                 "--jwks-url",

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::doc::{batch_json_text, summary_json};
 use super::{Sink, SinkError};
-use crate::batcher::{Batch, Write};
+use crate::batcher::{Batch, Compared, Progress, Write};
 
 pub const FILE: &str = "realtime.db";
 /// Changes kept for resumption; older `Last-Event-ID`s get a fresh snapshot.
@@ -61,7 +61,6 @@ pub struct EmbeddedSink {
 
 enum Job {
     Write(Prepared),
-    SetPosition(String, i64),
     Expire(i64),
 }
 
@@ -75,8 +74,7 @@ struct Prepared {
 struct PreparedBatch {
     chat_id: Uuid,
     seq: i64,
-    count: i64,
-    closed: bool,
+    progress: Progress,
     state: String,
     doc: Arc<str>,
     expire_at: i64,
@@ -87,25 +85,11 @@ impl PreparedBatch {
         Ok(Self {
             chat_id: batch.chat_id,
             seq: batch.seq as i64,
-            count: batch.count() as i64,
-            closed: batch.closed,
+            progress: Progress::of(batch),
             state: serde_json::to_string(batch).map_err(unavailable)?,
             doc: batch_json_text(batch, ttl).into(),
             expire_at: super::doc::expire_at(batch, ttl).unix_timestamp(),
         })
-    }
-
-    /// Whether this state is the stored one (`Some(true)`), a step beyond
-    /// it (`Some(false)`), or behind it (`None`): the embedded
-    /// [`Batch::is_not_older_than`] for the same `seq`.
-    fn against(&self, count: i64, closed: bool) -> Option<bool> {
-        if self.count == count && self.closed == closed {
-            Some(true)
-        } else if self.count >= count && (self.closed || !closed) {
-            Some(false)
-        } else {
-            None
-        }
     }
 }
 
@@ -142,17 +126,6 @@ impl EmbeddedSink {
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations")).await?;
         let write = GroupWriter::spawn("realtime.db", &path, GROUP, move |conn, job| match job {
             Job::Write(w) => store_write(conn, w),
-            Job::SetPosition(name, position) => {
-                conn.prepare_cached(
-                    "INSERT INTO positions (name, position) VALUES (?1, ?2) \
-                     ON CONFLICT (name) DO UPDATE SET position = MAX(position, excluded.position)",
-                )?
-                .execute(params![name, position])?;
-                Ok(Done {
-                    changes: Vec::new(),
-                    documents: 0,
-                })
-            }
             Job::Expire(now) => expire(conn, now),
         })?;
         let read = ReadPool::open(&path, 4).await?;
@@ -263,25 +236,6 @@ impl EmbeddedSink {
         Ok(Some(changes))
     }
 
-    /// The committed position of the embedded source `name`.
-    pub async fn position(&self, name: &str) -> Result<i64, SinkError> {
-        let name = name.to_owned();
-        let p: Option<i64> = self
-            .read(move |c| {
-                c.prepare_cached("SELECT position FROM positions WHERE name = ?1")?
-                    .query_row([name], |r| r.get(0))
-                    .optional()
-            })
-            .await?;
-        Ok(p.unwrap_or(0))
-    }
-
-    pub async fn set_position(&self, name: &str, position: i64) -> Result<(), SinkError> {
-        self.commit(Job::SetPosition(name.to_owned(), position))
-            .await
-            .map(drop)
-    }
-
     /// Deletes the batch documents whose `expire_at` has passed, recording a
     /// `removed` change for each (the embedded counterpart of Firestore's
     /// TTL policy). Returns how many were removed.
@@ -321,7 +275,7 @@ fn record_change(conn: &Connection, chat: Uuid, kind: &str, doc: &str) -> rusqli
 fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
     let mut changes = Vec::new();
     for batch in w.batches {
-        let stored: Option<(Option<i64>, Option<bool>, String)> = conn
+        let stored: Option<(Option<usize>, Option<bool>, String)> = conn
             .prepare_cached(
                 "SELECT count, closed, state FROM batches WHERE chat_id = ?1 AND seq = ?2",
             )?
@@ -331,18 +285,18 @@ fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
             .optional()?;
         let exists = stored.is_some();
         if let Some((count, closed, state)) = stored {
-            let (count, closed) = match (count, closed) {
-                (Some(count), Some(closed)) => (count, closed),
+            let stored = match (count, closed) {
+                (Some(count), Some(closed)) => Progress { count, closed },
                 _ => {
                     // Written before the progress columns existed.
                     let old: Batch = serde_json::from_str(&state).map_err(unavailable)?;
-                    (old.count() as i64, old.closed)
+                    Progress::of(&old)
                 }
             };
-            match batch.against(count, closed) {
-                Some(true) => continue,
-                Some(false) => {}
-                None => return Err(SinkError::Stale(batch.chat_id)),
+            match batch.progress.against(stored) {
+                Compared::Same => continue,
+                Compared::Ahead => {}
+                Compared::Behind => return Err(SinkError::Stale(batch.chat_id)),
             }
         }
         let kind = if exists { "modified" } else { "added" };
@@ -361,8 +315,8 @@ fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
             &*batch.doc,
             version,
             batch.expire_at,
-            batch.count,
-            batch.closed
+            batch.progress.count,
+            batch.progress.closed
         ])?;
         changes.push(Change {
             version,

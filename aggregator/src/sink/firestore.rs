@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::doc::expire_at;
 use super::{Sink, SinkError};
-use crate::batcher::{Batch, BatchMessage, Position, Write};
+use crate::batcher::{Batch, BatchMessage, Compared, Position, Progress, Write};
 
 pub const CHATS: &str = "chats";
 pub const BATCHES: &str = "batches";
@@ -87,6 +87,13 @@ impl FsBatch {
             expire_at: expire_at(b, ttl).into(),
             log_partition: i64::from(b.last_position.partition),
             log_offset: b.last_position.offset,
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress {
+            count: usize::try_from(self.count).unwrap_or(0),
+            closed: self.closed,
         }
     }
 
@@ -166,11 +173,6 @@ fn is_stale(e: &firestore::errors::FirestoreError) -> bool {
     }
 }
 
-/// Whether the stored document is further along than `new` (same batch).
-fn stored_is_newer(stored: &FsBatch, new: &FsBatch) -> bool {
-    stored.count > new.count || (stored.count == new.count && stored.closed && !new.closed)
-}
-
 #[async_trait]
 impl Sink for FirestoreSink {
     async fn newest_batch(&self, chat: Uuid) -> Result<Option<Batch>, SinkError> {
@@ -229,9 +231,9 @@ impl Sink for FirestoreSink {
                             .obj()
                             .one(&doc.id)
                             .await?;
-                        match stored {
-                            Some(s) if s.count == doc.count && s.closed == doc.closed => continue,
-                            Some(s) if stored_is_newer(&s, doc) => {
+                        match stored.map(|s| doc.progress().against(s.progress())) {
+                            Some(Compared::Same) => continue,
+                            Some(Compared::Behind) => {
                                 return Err(
                                     firestore::errors::FirestoreErrorInTransaction::permanent(
                                         tx,
@@ -239,7 +241,7 @@ impl Sink for FirestoreSink {
                                     ),
                                 );
                             }
-                            _ => {}
+                            Some(Compared::Ahead) | None => {}
                         }
                         db.fluent()
                             .update()

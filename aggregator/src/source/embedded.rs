@@ -1,113 +1,138 @@
-//! The embedded log: chat-service's outbox table (`log` in `chat.db`),
-//! read in `seq` order. The committed position lives in the realtime
-//! store's `positions` table.
+//! The embedded log: chat-service's outbox, read through its
+//! [`OutboxReader`] in `seq` order.
+//!
+//! The committed position is this source's own: the next `seq` to deliver,
+//! in `embedded-source.position` in the data directory (replaced atomically;
+//! what a Kafka commit means too). Before this file existed the position was
+//! a row of `realtime.db`; it is read from there once.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
-use std::sync::Arc;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_events::MessageCreated;
-use rusqlite::{params, OptionalExtension};
-use service_kit::sqlite::{ReadError, ReadPool};
-use tokio::sync::Notify;
-use uuid::Uuid;
+use chat_service::outbox::{LogEntry, OutboxReader, OutboxWake};
+use rusqlite::OptionalExtension;
 
 use super::{Delivery, Source, SourceError};
 use crate::batcher::Position;
-use crate::sink::embedded::EmbeddedSink;
 
-pub const CHAT_DB: &str = "chat.db";
-const POSITION_NAME: &str = "embedded-log";
+pub const POSITION_FILE: &str = "embedded-source.position";
 const PAGE: i64 = 512;
 
-/// Read-only access to chat-service's embedded database: the log, and who
-/// is in a chat (for the SSE stream's access check).
-#[derive(Clone)]
-pub struct ChatDb {
-    pool: ReadPool,
+fn failed(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Failed(e.to_string())
 }
 
-impl ChatDb {
-    /// Opens `chat.db` in `data_dir` read-only, waiting up to `wait` for
-    /// chat-service to create it.
-    pub async fn open(data_dir: &Path, wait: Duration) -> anyhow::Result<Self> {
-        let path = data_dir.join(CHAT_DB);
-        let deadline = tokio::time::Instant::now() + wait;
-        while !path.exists() {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{} does not exist: start chat-service on the same --data-dir",
-                path.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// The next `seq` to deliver after a restart, kept in one small file.
+#[derive(Debug, Clone)]
+pub struct PositionFile {
+    path: PathBuf,
+}
+
+impl PositionFile {
+    pub fn in_dir(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join(POSITION_FILE),
         }
-        Ok(Self {
-            pool: ReadPool::open(&path, 4).await?,
-        })
     }
 
-    /// The two participants of a chat, if it exists.
-    pub async fn participants(&self, chat: Uuid) -> Result<Option<[Uuid; 2]>, ReadError> {
-        self.pool
-            .read(move |c| {
-                c.prepare_cached("SELECT user_a, user_b FROM chats WHERE id = ?1")?
-                    .query_row([chat], |r| Ok([r.get(0)?, r.get(1)?]))
-                    .optional()
-            })
-            .await
+    /// The committed position: the file's, else the one an older version
+    /// kept in `realtime.db`, else 1 (the log's first `seq`).
+    pub async fn load(&self) -> anyhow::Result<i64> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<i64>()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let legacy = path.with_file_name(crate::sink::embedded::FILE);
+                Ok(legacy_position(&legacy)?.map_or(1, |done| done + 1))
+            }
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        })
+        .await?
     }
+
+    /// Replaces the file with `next`: written to a temporary file, synced,
+    /// then renamed over the old one (the directory is not synced: a
+    /// rename lost in a power cut leaves an older position, which only
+    /// means replaying entries the batcher drops as duplicates).
+    pub async fn store(&self, next: i64) -> std::io::Result<()> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut file = tempfile::NamedTempFile::new_in(dir)?;
+            writeln!(file, "{next}")?;
+            file.as_file().sync_all()?;
+            file.persist(&path).map(drop).map_err(|e| e.error)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// The last `seq` done, as versions before [`POSITION_FILE`] kept it.
+fn legacy_position(realtime_db: &Path) -> anyhow::Result<Option<i64>> {
+    if !realtime_db.exists() {
+        return Ok(None);
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        realtime_db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let has_table: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'positions')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT position FROM positions WHERE name = 'embedded-log'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 pub struct EmbeddedSource {
-    db: ChatDb,
-    positions: EmbeddedSink,
+    outbox: OutboxReader,
+    position: PositionFile,
+    /// The committed next `seq`.
     committed: i64,
-    /// Highest seq delivered.
+    /// Highest `seq` delivered.
     seen: i64,
-    buffer: VecDeque<(i64, Vec<u8>)>,
+    buffer: VecDeque<LogEntry>,
     poll: Duration,
-    notify: Option<Arc<Notify>>,
+    wake: Option<OutboxWake>,
 }
 
 impl EmbeddedSource {
-    /// Starts after the committed position. `notify`, when given, wakes
-    /// the source as soon as a writer in the same process appends.
+    /// Starts at the committed position. `wake`, when given (chat-service
+    /// in the same process), ends a wait for new entries at each send;
+    /// otherwise the source polls every `poll`.
     pub async fn new(
-        db: ChatDb,
-        positions: EmbeddedSink,
+        outbox: OutboxReader,
+        position: PositionFile,
         poll: Duration,
-        notify: Option<Arc<Notify>>,
+        wake: Option<OutboxWake>,
     ) -> anyhow::Result<Self> {
-        let committed = positions.position(POSITION_NAME).await?;
+        let committed = position.load().await?;
         Ok(Self {
-            db,
-            positions,
+            outbox,
+            position,
             committed,
-            seen: committed,
+            seen: committed - 1,
             buffer: VecDeque::new(),
             poll,
-            notify,
+            wake,
         })
-    }
-
-    async fn fill(&mut self) -> Result<(), SourceError> {
-        let seen = self.seen;
-        let rows = self
-            .db
-            .pool
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT seq, payload FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?
-                .query_map(params![seen, PAGE], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<(i64, Vec<u8>)>>>()
-            })
-            .await
-            .map_err(|e| SourceError::Failed(e.to_string()))?;
-        self.buffer.extend(rows);
-        Ok(())
     }
 }
 
@@ -115,54 +140,74 @@ impl EmbeddedSource {
 impl Source for EmbeddedSource {
     async fn next(&mut self) -> Result<Delivery, SourceError> {
         while self.buffer.is_empty() {
-            self.fill().await?;
+            let page = self.outbox.after(self.seen, PAGE).await.map_err(failed)?;
+            self.buffer.extend(page);
             if self.buffer.is_empty() {
-                match &self.notify {
-                    Some(n) => {
-                        let _ = tokio::time::timeout(self.poll, n.notified()).await;
-                    }
+                match &mut self.wake {
+                    Some(wake) => wake.wait(self.poll).await,
                     None => tokio::time::sleep(self.poll).await,
                 }
             }
         }
-        let Some((seq, payload)) = self.buffer.pop_front() else {
-            return Err(SourceError::Failed("empty buffer".into()));
+        let Some(entry) = self.buffer.pop_front() else {
+            return Err(failed("empty buffer"));
         };
-        self.seen = seq;
+        self.seen = entry.seq;
         let position = Position {
             partition: 0,
-            offset: seq,
+            offset: entry.seq,
         };
-        Ok(match MessageCreated::decode(&payload) {
+        Ok(match MessageCreated::decode(&entry.payload) {
             Ok(event) => Delivery::Event(event, position),
             Err(e) => Delivery::Undecodable(position, e.to_string()),
         })
     }
 
     async fn commit(&mut self, uncovered: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
-        let upto = uncovered.get(&0).map_or(self.seen, |low| low - 1);
-        if upto > self.committed {
-            self.positions
-                .set_position(POSITION_NAME, upto)
-                .await
-                .map_err(|e| SourceError::Failed(e.to_string()))?;
-            self.committed = upto;
+        let next = uncovered.get(&0).copied().unwrap_or(self.seen + 1);
+        if next > self.committed {
+            self.position.store(next).await.map_err(failed)?;
+            self.committed = next;
         }
         Ok(())
     }
 
     async fn lag(&mut self) -> Option<i64> {
-        let head: Option<i64> = self
-            .db
-            .pool
-            .read(|c| c.query_row("SELECT MAX(seq) FROM log", [], |r| r.get(0)))
-            .await
-            .ok()?;
-        Some(head.unwrap_or(0) - self.committed)
+        let head = self.outbox.head().await.ok()?;
+        Some((head + 1 - self.committed).max(0))
     }
 
     fn status(&self) -> std::sync::Arc<super::SourceStatus> {
         // The log is a table in a local file: there is nothing to wait for.
         std::sync::Arc::new(super::SourceStatus::ready("embedded"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_position_is_the_files_or_else_the_one_realtime_db_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = PositionFile::in_dir(dir.path());
+        assert_eq!(file.load().await.expect("load"), 1, "a new log starts at 1");
+
+        let legacy = rusqlite::Connection::open(dir.path().join(crate::sink::embedded::FILE))
+            .expect("realtime.db");
+        legacy
+            .execute_batch(
+                "CREATE TABLE positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+                 INSERT INTO positions VALUES ('embedded-log', 41);",
+            )
+            .expect("legacy position");
+        assert_eq!(
+            file.load().await.expect("load"),
+            42,
+            "after the last seq an older version had done"
+        );
+
+        file.store(50).await.expect("store");
+        assert_eq!(file.load().await.expect("load"), 50, "the file wins");
     }
 }

@@ -21,6 +21,14 @@
 //! leader leaving a forming group does the same. Seen in the crash test
 //! with five kills and immediate restarts on a loaded machine; Apache Kafka
 //! (what the deployment runs) elects a new leader instead.
+//!
+//! Another Tansu 0.6 fault: a fetch from an offset inside a stored record
+//! batch skips the rest of that batch (`fetch` in tansu-storage's
+//! `dynostore.rs` returns only batches whose base offset is at or past the
+//! one asked for). This source commits the first record not yet written,
+//! which can be inside a producer's batch, so the producers that write to
+//! Tansu put one record in each batch (chat-service's
+//! `--kafka-batch-num-messages 1`). Apache Kafka returns the whole batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -134,7 +134,46 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
             stored.len(),
             "chat {chat}: a message is in two batches"
         );
-        assert_eq!(&stored, ids, "chat {chat}: missing or out of order");
+        if &stored != ids {
+            let log = tokio::task::spawn_blocking({
+                let brokers = brokers.clone();
+                move || crate::common::log_order(&brokers)
+            })
+            .await
+            .expect("log reader");
+            let index = |id: &Uuid| ids.iter().position(|i| i == id);
+            let layout: Vec<String> = docs
+                .values()
+                .map(|b| {
+                    let first = b.messages[0].id.parse::<Uuid>().expect("uuid");
+                    let last = b.messages[b.messages.len() - 1]
+                        .id
+                        .parse::<Uuid>()
+                        .expect("uuid");
+                    format!(
+                        "seq {} = sent #{:?}..=#{:?} ({} messages, closed {}, log {}:{})",
+                        b.seq,
+                        index(&first),
+                        index(&last),
+                        b.count,
+                        b.closed,
+                        b.log_partition,
+                        b.log_offset
+                    )
+                })
+                .collect();
+            let missing: Vec<usize> = (0..ids.len())
+                .filter(|i| !unique.contains(&ids[*i]))
+                .collect();
+            panic!(
+                "chat {chat}: missing or out of order; {} sent, {} stored; missing sent #{missing:?}; \
+                 the log holds them in the order sent: {}\n{}",
+                ids.len(),
+                stored.len(),
+                log.get(chat) == Some(ids),
+                layout.join("\n")
+            );
+        }
         let seqs: Vec<i64> = docs.keys().copied().collect();
         assert_eq!(
             seqs,

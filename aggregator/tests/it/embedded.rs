@@ -40,9 +40,7 @@ async fn start_aggregator(dir: PathBuf) -> Server {
     let mut config = aggregator::Config::embedded(dir);
     config.flush_interval_ms = std::num::NonZeroU64::new(300).expect("positive");
     config.embedded_poll_ms = std::num::NonZeroU64::new(5).expect("positive");
-    let app = aggregator::App::build(config, None)
-        .await
-        .expect("aggregator");
+    let app = aggregator::App::build(config).await.expect("aggregator");
     let addr = app.local_addr();
     spawn_server(addr, move |rx| {
         app.run_until_stopped(async move {

@@ -5,7 +5,8 @@
 //!   broker (Tansu) into the real Firestore emulator;
 //! - `crash`: the same, killed with SIGKILL again and again mid-stream;
 //! - `group`: consumer-group membership after an immediate restart;
-//! - `offsets`: the Kafka source commits only what is written.
+//! - `offsets`: the Kafka source commits only what is written;
+//! - `sources`: one suite for both sources: what a committed position means.
 
 mod common;
 
@@ -15,3 +16,4 @@ mod firestore;
 mod group;
 mod offsets;
 mod sinks;
+mod sources;

@@ -24,6 +24,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// How long the producer keeps trying to deliver before the send fails.
     pub message_timeout: Duration,
+    /// `batch.num.messages`: most records in one produce batch.
+    pub batch_num_messages: u32,
 }
 
 pub struct KafkaLog {
@@ -78,6 +80,10 @@ impl KafkaLog {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
+            .set(
+                "batch.num.messages",
+                settings.batch_num_messages.to_string(),
+            )
             .set(
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),

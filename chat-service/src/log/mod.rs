@@ -1,8 +1,9 @@
 //! The message log that the aggregator consumes.
 //!
-//! - [`OutboxLog`] (embedded): the embedded store already appended the event
-//!   to its `log` table in the message's own transaction, so publishing has
-//!   nothing left to do and cannot fail. The aggregator reads that table.
+//! - [`crate::outbox::OutboxLog`] (embedded): the embedded store already
+//!   appended the event to its outbox in the message's own transaction, so
+//!   publishing only wakes the readers in this process and cannot fail.
+//!   The aggregator reads the outbox through [`crate::outbox::OutboxReader`].
 //! - [`kafka::KafkaLog`]: an idempotent `acks=all` producer; `publish`
 //!   returns once the broker has acknowledged the event.
 
@@ -27,22 +28,4 @@ pub trait MessageLog: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), LogError>;
 
     fn backend(&self) -> &'static str;
-}
-
-/// The embedded log: written by the embedded store as an outbox.
-pub struct OutboxLog;
-
-#[async_trait]
-impl MessageLog for OutboxLog {
-    async fn publish(&self, _event: &MessageCreated) -> Result<(), LogError> {
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), LogError> {
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "embedded"
-    }
 }

@@ -13,7 +13,7 @@
 //! run. With the outbox on, each message's `message.created`
 //! event is appended to the `log` table in the message's own transaction, so
 //! an acknowledged message is always on the log (the embedded log's
-//! guarantee; see [`crate::log`]).
+//! guarantee; see [`crate::outbox`]).
 
 use std::path::Path;
 
@@ -24,6 +24,7 @@ use service_kit::sqlite::{GroupError, GroupWriter, ReadError, ReadPool};
 use uuid::Uuid;
 
 use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
+use crate::outbox::OutboxLog;
 
 pub const FILE: &str = "chat.db";
 
@@ -63,18 +64,21 @@ impl From<ReadError> for StoreError {
     }
 }
 
-/// One log entry of the embedded outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
-    pub seq: i64,
-    pub chat_id: Uuid,
-    pub payload: Vec<u8>,
-}
-
 impl SqliteStore {
-    /// Opens (creating if needed) `chat.db` in `data_dir` and migrates it.
-    /// `outbox`: also append each new message's event to the `log` table.
-    pub async fn open(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
+    /// Opens (creating if needed) `chat.db` in `data_dir` and migrates it;
+    /// messages go to another log.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::open_inner(data_dir, false).await
+    }
+
+    /// Like [`SqliteStore::open`], and the store appends each new message's
+    /// event to its outbox: the embedded log, whose send side is the
+    /// returned [`OutboxLog`] (see [`crate::outbox`]).
+    pub async fn open_with_outbox(data_dir: &Path) -> anyhow::Result<(Self, OutboxLog)> {
+        Ok((Self::open_inner(data_dir, true).await?, OutboxLog::new()))
+    }
+
+    async fn open_inner(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations/sqlite")).await?;
         let write = GroupWriter::spawn("chat.db", &path, GROUP, move |conn, job| match job {
@@ -95,24 +99,6 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         Ok(self.read.read(query).await?)
-    }
-
-    /// Outbox entries with `seq > after`, in order, at most `limit`.
-    pub async fn log_after(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, StoreError> {
-        self.read(move |c| {
-            let mut query = c.prepare_cached(
-                "SELECT seq, chat_id, payload FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = query.query_map(params![after, limit], |r| {
-                Ok(LogEntry {
-                    seq: r.get(0)?,
-                    chat_id: r.get(1)?,
-                    payload: r.get(2)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
     }
 }
 

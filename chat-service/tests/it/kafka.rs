@@ -22,6 +22,8 @@ fn kafka_mode(broker: &Broker) -> impl FnOnce(&mut chat_service::Config) + '_ {
         c.log.kafka.kafka_topic = TOPIC.into();
         c.log.kafka_partitions = std::num::NonZeroU16::new(3).expect("positive");
         c.log.kafka_message_timeout_ms = 1500;
+        // Tansu 0.6 (see the option's docs).
+        c.log.kafka_batch_num_messages = std::num::NonZeroU32::MIN;
     }
 }
 

@@ -17,7 +17,9 @@ type Store = Arc<dyn MessageStore>;
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path(), true).await.expect("open");
+    let (store, _outbox) = SqliteStore::open_with_outbox(dir.path())
+        .await
+        .expect("open");
     (Arc::new(store), dir)
 }
 

@@ -1,0 +1,172 @@
+//! One suite for both sources (Kafka against the real broker, the embedded
+//! outbox through chat-service's store), pinning what a committed position
+//! means: after `commit(uncovered)` a new source starts at each partition's
+//! first uncovered record; with nothing uncovered, right after the last
+//! record delivered. Nothing before that comes again, nothing after it is
+//! skipped.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aggregator::source::embedded::{EmbeddedSource, PositionFile};
+use aggregator::source::kafka::{KafkaSource, KafkaSourceSettings};
+use aggregator::source::{Delivery, Source};
+use chat_events::TimeUuidGenerator;
+use chat_service::outbox::OutboxReader;
+use chat_service::store::sqlite::SqliteStore;
+use chat_service::store::{Chat, Message, MessageStore, Participant};
+use uuid::Uuid;
+
+use crate::common::{create_topic, producer, publish, Conversation, TOPIC};
+
+/// The next record's position (partition, offset), waiting at most 30 s.
+async fn next(source: &mut dyn Source) -> (i32, i64) {
+    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
+        .await
+        .expect("a record arrives")
+        .expect("record");
+    let Delivery::Event(_, position) = delivery else {
+        panic!("undecodable record")
+    };
+    (position.partition, position.offset)
+}
+
+/// Runs the suite. `open` starts a source at the committed position;
+/// `append` adds one record; `first` is the log's first position; ten
+/// records are on the log (partition 0) when it starts.
+async fn committed_position_means_the_same<O, OF, A, AF>(open: O, append: A, first: i64)
+where
+    O: Fn() -> OF,
+    OF: Future<Output = Box<dyn Source>>,
+    A: Fn() -> AF,
+    AF: Future<Output = ()>,
+{
+    let mut source = open().await;
+    let mut delivered = Vec::new();
+    for _ in 0..10 {
+        delivered.push(next(&mut *source).await);
+    }
+    assert_eq!(
+        delivered,
+        (first..first + 10).map(|o| (0, o)).collect::<Vec<_>>(),
+        "in log order, from the start"
+    );
+
+    // Records from the fifth on are applied but not written.
+    let uncovered = BTreeMap::from([(0, first + 4)]);
+    source.commit(&uncovered).await.expect("commit");
+    source.close(&uncovered).await.expect("close");
+    drop(source);
+    let mut source = open().await;
+    assert_eq!(
+        next(&mut *source).await,
+        (0, first + 4),
+        "resumes at the first uncovered record"
+    );
+    for o in first + 5..first + 10 {
+        assert_eq!(next(&mut *source).await, (0, o));
+    }
+
+    // Everything written: a restart resumes right after the last record.
+    source.close(&BTreeMap::new()).await.expect("close");
+    drop(source);
+    append().await;
+    let mut source = open().await;
+    assert_eq!(
+        next(&mut *source).await,
+        (0, first + 10),
+        "nothing delivered again, nothing skipped"
+    );
+    source.close(&BTreeMap::new()).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source() {
+    let Some(broker) = testkit::Broker::start() else {
+        return;
+    };
+    let brokers = broker.brokers();
+    create_topic(&brokers, 1).await;
+    let kafka = Arc::new(producer(&brokers));
+    let chat = Arc::new(std::sync::Mutex::new(Conversation::new()));
+    let say = || {
+        let event = chat.lock().expect("chat").say(0, 100, "hi");
+        let kafka = kafka.clone();
+        async move { publish(&kafka, &event).await }
+    };
+    for _ in 0..10 {
+        say().await;
+    }
+    let open = || {
+        let brokers = brokers.clone();
+        async move {
+            let source = KafkaSource::connect(&KafkaSourceSettings {
+                brokers,
+                topic: TOPIC.into(),
+                group_id: "source-suite".into(),
+                session_timeout: Duration::from_secs(6),
+                max_poll_interval: Duration::from_secs(300),
+                stall_timeout: Duration::from_secs(30),
+            })
+            .expect("source");
+            Box::new(source) as Box<dyn Source>
+        }
+    };
+    committed_position_means_the_same(open, say, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_source() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir: PathBuf = data.path().into();
+    let (store, _log) = SqliteStore::open_with_outbox(&dir).await.expect("store");
+    let users = [Uuid::new_v4(), Uuid::new_v4()];
+    let chat = Chat {
+        id: chat_events::chat_id(users[0], users[1]),
+        participants: users.map(|id| Participant {
+            id,
+            username: id.simple().to_string(),
+        }),
+        created_at: 0,
+    };
+    store.create_chat(&chat).await.expect("chat");
+    let ids = TimeUuidGenerator::new();
+    let say = || {
+        let message = Message {
+            id: ids.next(),
+            chat_id: chat.id,
+            sender_id: users[0],
+            recipient_id: users[1],
+            text: "hi".into(),
+            client_message_id: None,
+        };
+        let store = store.clone();
+        async move {
+            store.insert_message(message).await.expect("insert");
+        }
+    };
+    for _ in 0..10 {
+        say().await;
+    }
+    let open = || {
+        let dir = dir.clone();
+        async move {
+            let outbox = OutboxReader::open(&dir, Duration::ZERO)
+                .await
+                .expect("outbox");
+            let source = EmbeddedSource::new(
+                outbox,
+                PositionFile::in_dir(&dir),
+                Duration::from_millis(20),
+                None,
+            )
+            .await
+            .expect("source");
+            Box::new(source) as Box<dyn Source>
+        }
+    };
+    committed_position_means_the_same(open, say, 1).await;
+}
