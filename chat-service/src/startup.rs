@@ -106,13 +106,9 @@ impl AppState {
                 Arc::new(CqlStore::connect(&settings).await?)
             }
         };
-        let mut outbox_wake = None;
+        let outbox_wake = outbox.as_ref().map(OutboxLog::wake);
         let log: Arc<dyn MessageLog> = match config.log.kind {
-            LogKind::Embedded => {
-                let log = outbox.context("--log embedded needs --store embedded")?;
-                outbox_wake = Some(log.wake());
-                Arc::new(log)
-            }
+            LogKind::Embedded => Arc::new(outbox.context("--log embedded needs --store embedded")?),
             #[cfg(not(feature = "kafka"))]
             LogKind::Kafka => anyhow::bail!(service_kit::config::not_built("--log kafka", "kafka")),
             #[cfg(feature = "kafka")]

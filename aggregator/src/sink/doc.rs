@@ -11,102 +11,212 @@
 //! `chats/{chat_id}`: `chat_id`, `members`, `last_batch_id`,
 //! `last_batch_seq`, `last_sender_id`, `last_activity`.
 //!
+//! One type for each, [`BatchDoc`] and [`SummaryDoc`], whatever the sink;
+//! only how times are stored differs (`T`): Firestore timestamps
+//! (`SystemTime`) or RFC 3339 text in the embedded store ([`Rfc3339`]).
+//!
 //! `members` lists the user ids allowed to read the chat: Firestore's rules
 //! read it from the chat document, and clients list their chats with
 //! `where("members", "array-contains", uid)` (`firestore.indexes.json`).
 //! Documents written before it was named `members` said `participants`;
 //! the Firestore sink still reads those.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::batcher::{Batch, Summary};
+use crate::batcher::{Batch, BatchMessage, Position, Progress, Summary};
 
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+/// A time stored as RFC 3339 text (the embedded store's documents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rfc3339(#[serde(with = "time::serde::rfc3339")] pub OffsetDateTime);
+
+impl From<OffsetDateTime> for Rfc3339 {
+    fn from(t: OffsetDateTime) -> Self {
+        Self(t)
+    }
 }
 
-/// The batch document, serialised straight from the batch (no
-/// intermediate `Value`: growing batches are rewritten often).
-#[derive(Serialize)]
-struct BatchDoc<'a> {
-    id: Uuid,
-    chat_id: Uuid,
-    members: [Uuid; 2],
-    sender_id: Uuid,
-    seq: u64,
-    messages: Vec<MessageDoc<'a>>,
-    first_message_id: Uuid,
-    last_message_id: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
-    first_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    last_at: OffsetDateTime,
-    count: usize,
-    closed: bool,
-    #[serde(with = "time::serde::rfc3339")]
-    expire_at: OffsetDateTime,
-    log_partition: i32,
-    log_offset: i64,
+impl From<Rfc3339> for OffsetDateTime {
+    fn from(t: Rfc3339) -> Self {
+        t.0
+    }
 }
 
-#[derive(Serialize)]
-struct MessageDoc<'a> {
-    id: Uuid,
-    text: &'a str,
-    #[serde(with = "time::serde::rfc3339")]
-    sent_at: OffsetDateTime,
+/// `chats/{chat_id}/batches/{batch_id}`. Message texts are borrowed from
+/// the batch when writing (growing batches are rewritten often).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchDoc<'a, T> {
+    pub id: String,
+    pub chat_id: String,
+    #[serde(alias = "participants")]
+    pub members: Vec<String>,
+    pub sender_id: String,
+    pub seq: i64,
+    pub messages: Vec<MessageDoc<'a, T>>,
+    pub first_message_id: String,
+    pub last_message_id: String,
+    pub first_at: T,
+    pub last_at: T,
+    pub count: i64,
+    pub closed: bool,
+    pub expire_at: T,
+    pub log_partition: i64,
+    pub log_offset: i64,
 }
 
-impl<'a> BatchDoc<'a> {
-    fn new(batch: &'a Batch, ttl: Duration) -> Self {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageDoc<'a, T> {
+    pub id: String,
+    pub text: Cow<'a, str>,
+    pub sent_at: T,
+}
+
+/// `chats/{chat_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryDoc<T> {
+    pub chat_id: String,
+    #[serde(alias = "participants")]
+    pub members: Vec<String>,
+    pub last_batch_id: String,
+    pub last_batch_seq: i64,
+    pub last_sender_id: String,
+    pub last_activity: T,
+}
+
+impl<'a, T: From<OffsetDateTime>> BatchDoc<'a, T> {
+    pub fn new(batch: &'a Batch, ttl: Duration) -> Self {
         Self {
-            id: batch.batch_id,
-            chat_id: batch.chat_id,
-            members: batch.participants,
-            sender_id: batch.sender_id,
-            seq: batch.seq,
+            id: batch.batch_id.to_string(),
+            chat_id: batch.chat_id.to_string(),
+            members: batch.participants.iter().map(Uuid::to_string).collect(),
+            sender_id: batch.sender_id.to_string(),
+            seq: batch.seq as i64,
             messages: batch
                 .messages
                 .iter()
                 .map(|m| MessageDoc {
+                    id: m.id.to_string(),
+                    text: Cow::Borrowed(&m.text),
+                    sent_at: m.sent_at.into(),
+                })
+                .collect(),
+            first_message_id: batch.first().id.to_string(),
+            last_message_id: batch.last().id.to_string(),
+            first_at: batch.first().sent_at.into(),
+            last_at: batch.last().sent_at.into(),
+            count: batch.count() as i64,
+            closed: batch.closed,
+            expire_at: expire_at(batch, ttl).into(),
+            log_partition: i64::from(batch.last_position.partition),
+            log_offset: batch.last_position.offset,
+        }
+    }
+}
+
+impl<T> BatchDoc<'_, T> {
+    /// The document with its own copy of every text.
+    pub fn into_owned(self) -> BatchDoc<'static, T> {
+        BatchDoc {
+            id: self.id,
+            chat_id: self.chat_id,
+            members: self.members,
+            sender_id: self.sender_id,
+            seq: self.seq,
+            messages: self
+                .messages
+                .into_iter()
+                .map(|m| MessageDoc {
                     id: m.id,
-                    text: &m.text,
+                    text: Cow::Owned(m.text.into_owned()),
                     sent_at: m.sent_at,
                 })
                 .collect(),
-            first_message_id: batch.first().id,
-            last_message_id: batch.last().id,
-            first_at: batch.first().sent_at,
-            last_at: batch.last().sent_at,
-            count: batch.count(),
-            closed: batch.closed,
-            expire_at: expire_at(batch, ttl),
-            log_partition: batch.last_position.partition,
-            log_offset: batch.last_position.offset,
+            first_message_id: self.first_message_id,
+            last_message_id: self.last_message_id,
+            first_at: self.first_at,
+            last_at: self.last_at,
+            count: self.count,
+            closed: self.closed,
+            expire_at: self.expire_at,
+            log_partition: self.log_partition,
+            log_offset: self.log_offset,
+        }
+    }
+}
+
+impl<T: Clone + Into<OffsetDateTime>> BatchDoc<'_, T> {
+    /// How far along this document is ([`Progress::against`]).
+    pub fn progress(&self) -> Progress {
+        Progress {
+            count: usize::try_from(self.count).unwrap_or(0),
+            closed: self.closed,
+        }
+    }
+
+    /// The batch this document stores (to continue it after a restart).
+    pub fn to_batch(&self) -> Result<Batch, String> {
+        let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| format!("{s}: {e}"));
+        let participants: Vec<Uuid> = self
+            .members
+            .iter()
+            .map(|p| uuid(p))
+            .collect::<Result<_, _>>()?;
+        let participants: [Uuid; 2] = participants
+            .try_into()
+            .map_err(|_| "participants".to_owned())?;
+        Ok(Batch {
+            chat_id: uuid(&self.chat_id)?,
+            batch_id: uuid(&self.id)?,
+            seq: u64::try_from(self.seq).map_err(|e| format!("seq: {e}"))?,
+            participants,
+            sender_id: uuid(&self.sender_id)?,
+            messages: self
+                .messages
+                .iter()
+                .map(|m| {
+                    Ok(BatchMessage {
+                        id: uuid(&m.id)?,
+                        text: m.text.clone().into_owned(),
+                        sent_at: m.sent_at.clone().into(),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            closed: self.closed,
+            last_position: Position {
+                partition: i32::try_from(self.log_partition)
+                    .map_err(|e| format!("log_partition: {e}"))?,
+                offset: self.log_offset,
+            },
+        })
+    }
+}
+
+impl<T: From<OffsetDateTime>> SummaryDoc<T> {
+    pub fn new(summary: &Summary) -> Self {
+        Self {
+            chat_id: summary.chat_id.to_string(),
+            members: summary.participants.iter().map(Uuid::to_string).collect(),
+            last_batch_id: summary.last_batch_id.to_string(),
+            last_batch_seq: summary.last_batch_seq as i64,
+            last_sender_id: summary.last_sender_id.to_string(),
+            last_activity: summary.last_activity.into(),
         }
     }
 }
 
 /// The batch document as JSON text (times as RFC 3339 strings).
 pub fn batch_json_text(batch: &Batch, ttl: Duration) -> String {
-    serde_json::to_string(&BatchDoc::new(batch, ttl)).unwrap_or_default()
+    serde_json::to_string(&BatchDoc::<Rfc3339>::new(batch, ttl)).unwrap_or_default()
 }
 
-pub fn summary_json(summary: &Summary) -> Value {
-    json!({
-        "chat_id": summary.chat_id,
-        "members": summary.participants,
-        "last_batch_id": summary.last_batch_id,
-        "last_batch_seq": summary.last_batch_seq,
-        "last_sender_id": summary.last_sender_id,
-        "last_activity": rfc3339(summary.last_activity),
-    })
+/// The summary document as JSON text (times as RFC 3339 strings).
+pub fn summary_json_text(summary: &Summary) -> String {
+    serde_json::to_string(&SummaryDoc::<Rfc3339>::new(summary)).unwrap_or_default()
 }
 
 pub fn expire_at(batch: &Batch, ttl: Duration) -> OffsetDateTime {

@@ -16,7 +16,7 @@ use service_kit::sqlite::{GroupError, GroupWriter, ReadError, ReadPool};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::doc::{batch_json_text, summary_json};
+use super::doc::{batch_json_text, summary_json_text};
 use super::{Sink, SinkError};
 use crate::batcher::{Batch, Compared, Progress, Write};
 
@@ -396,7 +396,7 @@ impl Sink for EmbeddedSink {
             summary: w
                 .summary
                 .as_ref()
-                .map(|s| (s.chat_id, summary_json(s).to_string())),
+                .map(|s| (s.chat_id, summary_json_text(s))),
         };
         self.commit(Job::Write(prepared)).await
     }

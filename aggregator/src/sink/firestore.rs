@@ -10,128 +10,19 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use firestore::FirestoreDb;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::doc::expire_at;
+use super::doc::{BatchDoc, SummaryDoc};
 use super::{Sink, SinkError};
-use crate::batcher::{Batch, BatchMessage, Compared, Position, Progress, Write};
+use crate::batcher::{Batch, Compared, Write};
 
 pub const CHATS: &str = "chats";
 pub const BATCHES: &str = "batches";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FsMessage {
-    pub id: String,
-    pub text: String,
-    pub sent_at: SystemTime,
-}
-
-/// `chats/{chat_id}/batches/{batch_id}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FsBatch {
-    pub id: String,
-    pub chat_id: String,
-    #[serde(alias = "participants")]
-    pub members: Vec<String>,
-    pub sender_id: String,
-    pub seq: i64,
-    pub messages: Vec<FsMessage>,
-    pub first_message_id: String,
-    pub last_message_id: String,
-    pub first_at: SystemTime,
-    pub last_at: SystemTime,
-    pub count: i64,
-    pub closed: bool,
-    pub expire_at: SystemTime,
-    pub log_partition: i64,
-    pub log_offset: i64,
-}
-
-/// `chats/{chat_id}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FsSummary {
-    pub chat_id: String,
-    #[serde(alias = "participants")]
-    pub members: Vec<String>,
-    pub last_batch_id: String,
-    pub last_batch_seq: i64,
-    pub last_sender_id: String,
-    pub last_activity: SystemTime,
-}
-
-impl FsBatch {
-    pub fn from_batch(b: &Batch, ttl: Duration) -> Self {
-        Self {
-            id: b.batch_id.to_string(),
-            chat_id: b.chat_id.to_string(),
-            members: b.participants.iter().map(Uuid::to_string).collect(),
-            sender_id: b.sender_id.to_string(),
-            seq: b.seq as i64,
-            messages: b
-                .messages
-                .iter()
-                .map(|m| FsMessage {
-                    id: m.id.to_string(),
-                    text: m.text.clone(),
-                    sent_at: m.sent_at.into(),
-                })
-                .collect(),
-            first_message_id: b.first().id.to_string(),
-            last_message_id: b.last().id.to_string(),
-            first_at: b.first().sent_at.into(),
-            last_at: b.last().sent_at.into(),
-            count: b.count() as i64,
-            closed: b.closed,
-            expire_at: expire_at(b, ttl).into(),
-            log_partition: i64::from(b.last_position.partition),
-            log_offset: b.last_position.offset,
-        }
-    }
-
-    pub fn progress(&self) -> Progress {
-        Progress {
-            count: usize::try_from(self.count).unwrap_or(0),
-            closed: self.closed,
-        }
-    }
-
-    pub fn to_batch(&self) -> Result<Batch, String> {
-        let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| format!("{s}: {e}"));
-        let participants: Vec<Uuid> = self
-            .members
-            .iter()
-            .map(|p| uuid(p))
-            .collect::<Result<_, _>>()?;
-        let participants: [Uuid; 2] = participants
-            .try_into()
-            .map_err(|_| "participants".to_owned())?;
-        Ok(Batch {
-            chat_id: uuid(&self.chat_id)?,
-            batch_id: uuid(&self.id)?,
-            seq: self.seq as u64,
-            participants,
-            sender_id: uuid(&self.sender_id)?,
-            messages: self
-                .messages
-                .iter()
-                .map(|m| {
-                    Ok(BatchMessage {
-                        id: uuid(&m.id)?,
-                        text: m.text.clone(),
-                        sent_at: OffsetDateTime::from(m.sent_at),
-                    })
-                })
-                .collect::<Result<_, String>>()?,
-            closed: self.closed,
-            last_position: Position {
-                partition: self.log_partition as i32,
-                offset: self.log_offset,
-            },
-        })
-    }
-}
+/// `chats/{chat_id}/batches/{batch_id}` as Firestore stores it.
+pub type FsBatch = BatchDoc<'static, SystemTime>;
+/// `chats/{chat_id}` as Firestore stores it.
+pub type FsSummary = SummaryDoc<SystemTime>;
 
 pub struct FirestoreSink {
     db: FirestoreDb,
@@ -204,16 +95,9 @@ impl Sink for FirestoreSink {
             .closing
             .iter()
             .chain(w.batch_changed.then_some(&w.batch))
-            .map(|b| FsBatch::from_batch(b, ttl))
+            .map(|b| BatchDoc::new(b, ttl).into_owned())
             .collect();
-        let summary = w.summary.as_ref().map(|s| FsSummary {
-            chat_id: s.chat_id.to_string(),
-            members: s.participants.iter().map(Uuid::to_string).collect(),
-            last_batch_id: s.last_batch_id.to_string(),
-            last_batch_seq: s.last_batch_seq as i64,
-            last_sender_id: s.last_sender_id.to_string(),
-            last_activity: s.last_activity.into(),
-        });
+        let summary = w.summary.as_ref().map(FsSummary::new);
         let chat = w.chat_id.to_string();
         let result = self
             .db

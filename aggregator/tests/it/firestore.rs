@@ -45,7 +45,7 @@ async fn messages_become_batch_documents_and_bursts_cost_few_writes() {
         first
             .messages
             .iter()
-            .map(|m| m.text.as_str())
+            .map(|m| &*m.text)
             .collect::<Vec<_>>(),
         ["hi", "are you there?"]
     );
