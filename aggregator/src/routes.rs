@@ -23,7 +23,7 @@ use service_kit::{ApiError, Path};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-use crate::sink::embedded::{Change, EmbeddedSink};
+use crate::sink::embedded::{Change, ChangeKind, Feed};
 use crate::sink::Sink;
 use crate::source::SourceStatus;
 use chat_service::outbox::OutboxReader;
@@ -64,7 +64,7 @@ async fn readyz(State(state): State<ProbeState>) -> Response {
 
 #[derive(Clone)]
 pub struct StreamState {
-    pub store: EmbeddedSink,
+    pub feed: Feed,
     pub chats: OutboxReader,
     pub verifier: Verifier,
 }
@@ -81,9 +81,9 @@ pub fn streams(state: StreamState) -> Router {
         .with_state(state)
 }
 
-fn event(kind: &str, version: i64, doc: &str) -> Event {
+fn event(kind: ChangeKind, version: i64, doc: &str) -> Event {
     Event::default()
-        .event(kind)
+        .event(kind.as_str())
         .id(version.to_string())
         .data(doc)
 }
@@ -108,9 +108,9 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
     // Subscribe before reading, so nothing falls between the two.
-    let live = state.store.subscribe();
+    let live = state.feed.subscribe();
     let (tx, rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(feed(state.store.clone(), chat, resume, live, tx));
+    tokio::spawn(follow(state.feed.clone(), chat, resume, live, tx));
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -122,8 +122,8 @@ async fn stream(
 
 /// Sends the snapshot or the missed changes, then live changes, until the
 /// client goes away.
-async fn feed(
-    store: EmbeddedSink,
+async fn follow(
+    store: Feed,
     chat: Uuid,
     resume: Option<i64>,
     mut live: broadcast::Receiver<Change>,
@@ -138,7 +138,7 @@ async fn feed(
             Ok(change) if change.chat_id == chat && change.version > last => {
                 last = change.version;
                 if tx
-                    .send(event(&change.kind, change.version, &change.doc))
+                    .send(event(change.kind, change.version, &change.doc))
                     .await
                     .is_err()
                 {
@@ -161,7 +161,7 @@ async fn feed(
 /// Sends what the client lacks; returns the newest version it now has, or
 /// `None` if the client is gone or the store failed.
 async fn catch_up(
-    store: &EmbeddedSink,
+    store: &Feed,
     chat: Uuid,
     resume: Option<i64>,
     tx: &mpsc::Sender<Event>,
@@ -172,7 +172,7 @@ async fn catch_up(
                 let mut last = from;
                 for c in changes {
                     last = c.version;
-                    tx.send(event(&c.kind, c.version, &c.doc)).await.ok()?;
+                    tx.send(event(c.kind, c.version, &c.doc)).await.ok()?;
                 }
                 return Some(last);
             }
@@ -186,7 +186,7 @@ async fn catch_up(
     match store.snapshot(chat, SNAPSHOT_BATCHES).await {
         Ok((docs, version)) => {
             for doc in &docs {
-                tx.send(event("added", version, &doc.to_string()))
+                tx.send(event(ChangeKind::Added, version, &doc.to_string()))
                     .await
                     .ok()?;
             }

@@ -107,7 +107,7 @@ impl Components {
             (Some(store), Some(chats)) => {
                 let verifier = verifier(config)?;
                 Some(streams(StreamState {
-                    store,
+                    feed: store.feed(),
                     chats,
                     verifier,
                 }))

@@ -266,7 +266,7 @@ async fn aggregator(
     )
     .await?;
     for (chat, want) in expected {
-        let (docs, _) = store.snapshot(*chat, i64::MAX).await?;
+        let (docs, _) = store.feed().snapshot(*chat, i64::MAX).await?;
         let held: u64 = docs.iter().filter_map(|d| d["count"].as_u64()).sum();
         anyhow::ensure!(
             held == *want as u64,

@@ -29,14 +29,43 @@ const LIVE_CHANGES: usize = 256;
 /// Most writes committed in one transaction.
 const GROUP: usize = 128;
 
+/// What happened to a batch document (the SSE event name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    /// Expired; the change's `doc` is just `id`, `chat_id` and `seq`.
+    Removed,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Modified => "modified",
+            Self::Removed => "removed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Added, Self::Modified, Self::Removed]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl PartialEq<&str> for ChangeKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One change to a batch document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub version: i64,
     pub chat_id: Uuid,
-    /// `added`, `modified` or `removed` (then `doc` is just `id`,
-    /// `chat_id` and `seq`).
-    pub kind: String,
+    pub kind: ChangeKind,
     /// The document, JSON text (shared by every stream that sends it).
     pub doc: Arc<str>,
 }
@@ -48,15 +77,24 @@ impl Change {
     }
 }
 
-/// Writes go through one writer thread that group-commits them
-/// ([`GroupWriter`]), so the pipeline's concurrent writes for different chats
-/// share transactions; reads use a read-only pool ([`ReadPool`]).
+/// The writing side: writes go through one writer thread that
+/// group-commits them ([`GroupWriter`]), so the pipeline's concurrent
+/// writes for different chats share transactions. Readers use its
+/// [`Feed`].
 #[derive(Clone)]
 pub struct EmbeddedSink {
     write: GroupWriter<Job, Done, SinkError>,
+    feed: Feed,
+    ttl: Duration,
+}
+
+/// The reading side, for the SSE streams: a chat's snapshot, its changes
+/// since a version, and live changes (a read-only pool, [`ReadPool`], and
+/// the broadcast the writer feeds after each commit).
+#[derive(Clone)]
+pub struct Feed {
     read: ReadPool,
     changes: broadcast::Sender<Change>,
-    ttl: Duration,
 }
 
 enum Job {
@@ -132,12 +170,55 @@ impl EmbeddedSink {
         let (changes, _) = broadcast::channel(LIVE_CHANGES);
         Ok(Self {
             write,
-            read,
-            changes,
+            feed: Feed { read, changes },
             ttl,
         })
     }
 
+    /// What the SSE streams read.
+    pub fn feed(&self) -> Feed {
+        self.feed.clone()
+    }
+
+    /// Runs `job` on the writer; then tells live streams what changed.
+    async fn commit(&self, job: Job) -> Result<usize, SinkError> {
+        let done = self.write.write(job).await?;
+        for change in done.changes {
+            // No subscribers is fine.
+            let _ = self.feed.changes.send(change);
+        }
+        Ok(done.documents)
+    }
+
+    /// Deletes the batch documents whose `expire_at` has passed, recording a
+    /// `removed` change for each (the embedded counterpart of Firestore's
+    /// TTL policy). Returns how many were removed.
+    pub async fn expire(&self, now: time::OffsetDateTime) -> Result<usize, SinkError> {
+        self.commit(Job::Expire(now.unix_timestamp())).await
+    }
+
+    /// Runs [`EmbeddedSink::expire`] every `every` until the task is aborted.
+    pub fn spawn_expiry(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match store.expire(time::OffsetDateTime::now_utc()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired batch documents"),
+                    Err(e) => tracing::warn!(error = %e, "expiring batch documents"),
+                }
+            }
+        })
+    }
+
+    /// Nothing to do: the writer thread ends once the queued writes are
+    /// committed and every clone of this store is gone.
+    pub async fn close(&self) {}
+}
+
+impl Feed {
     /// Live changes from now on (all chats).
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
@@ -149,16 +230,6 @@ impl EmbeddedSink {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         Ok(self.read.read(query).await?)
-    }
-
-    /// Runs `job` on the writer; then tells live streams what changed.
-    async fn commit(&self, job: Job) -> Result<usize, SinkError> {
-        let done = self.write.write(job).await?;
-        for change in done.changes {
-            // No subscribers is fine.
-            let _ = self.changes.send(change);
-        }
-        Ok(done.documents)
     }
 
     /// The chat's newest `limit` batch documents in `seq` order, and the
@@ -229,46 +300,24 @@ impl EmbeddedSink {
             .map(|(version, kind, doc)| Change {
                 version,
                 chat_id: chat,
-                kind,
+                kind: ChangeKind::parse(&kind).unwrap_or(ChangeKind::Modified),
                 doc: doc.into(),
             })
             .collect();
         Ok(Some(changes))
     }
-
-    /// Deletes the batch documents whose `expire_at` has passed, recording a
-    /// `removed` change for each (the embedded counterpart of Firestore's
-    /// TTL policy). Returns how many were removed.
-    pub async fn expire(&self, now: time::OffsetDateTime) -> Result<usize, SinkError> {
-        self.commit(Job::Expire(now.unix_timestamp())).await
-    }
-
-    /// Runs [`EmbeddedSink::expire`] every `every` until the task is aborted.
-    pub fn spawn_expiry(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                match store.expire(time::OffsetDateTime::now_utc()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "expired batch documents"),
-                    Err(e) => tracing::warn!(error = %e, "expiring batch documents"),
-                }
-            }
-        })
-    }
-
-    /// Nothing to do: the writer thread ends once the queued writes are
-    /// committed and every clone of this store is gone.
-    pub async fn close(&self) {}
 }
 
-fn record_change(conn: &Connection, chat: Uuid, kind: &str, doc: &str) -> rusqlite::Result<i64> {
+fn record_change(
+    conn: &Connection,
+    chat: Uuid,
+    kind: ChangeKind,
+    doc: &str,
+) -> rusqlite::Result<i64> {
     conn.prepare_cached(
         "INSERT INTO changes (chat_id, kind, doc) VALUES (?1, ?2, ?3) RETURNING version",
     )?
-    .query_row(params![chat, kind, doc], |r| r.get(0))
+    .query_row(params![chat, kind.as_str(), doc], |r| r.get(0))
 }
 
 /// One pipeline write, atomically (it runs inside its own savepoint).
@@ -299,7 +348,11 @@ fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
                 Compared::Behind => return Err(SinkError::Stale(batch.chat_id)),
             }
         }
-        let kind = if exists { "modified" } else { "added" };
+        let kind = if exists {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
         let version = record_change(conn, batch.chat_id, kind, &batch.doc)?;
         conn.prepare_cached(
             "INSERT INTO batches (chat_id, seq, state, doc, version, expire_at, count, closed) \
@@ -321,7 +374,7 @@ fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
         changes.push(Change {
             version,
             chat_id: batch.chat_id,
-            kind: kind.to_owned(),
+            kind,
             doc: batch.doc,
         });
     }
@@ -355,11 +408,11 @@ fn expire(conn: &Connection, now: i64) -> Result<Done, SinkError> {
         let batch: Batch = serde_json::from_str(&state).map_err(unavailable)?;
         let doc = serde_json::json!({ "id": batch.batch_id, "chat_id": chat_id, "seq": batch.seq })
             .to_string();
-        let version = record_change(conn, chat_id, "removed", &doc)?;
+        let version = record_change(conn, chat_id, ChangeKind::Removed, &doc)?;
         changes.push(Change {
             version,
             chat_id,
-            kind: "removed".into(),
+            kind: ChangeKind::Removed,
             doc: doc.into(),
         });
     }
@@ -371,6 +424,7 @@ fn expire(conn: &Connection, now: i64) -> Result<Done, SinkError> {
 impl Sink for EmbeddedSink {
     async fn newest_batch(&self, chat: Uuid) -> Result<Option<Batch>, SinkError> {
         let state: Option<String> = self
+            .feed
             .read(move |c| {
                 c.prepare_cached(
                     "SELECT state FROM batches WHERE chat_id = ?1 ORDER BY seq DESC LIMIT 1",
@@ -402,7 +456,8 @@ impl Sink for EmbeddedSink {
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+        self.feed
+            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
             .await?;
         if self.write.is_stopped() {
             return Err(unavailable("the realtime.db writer has stopped"));

@@ -42,11 +42,7 @@ async fn messages_become_batch_documents_and_bursts_cost_few_writes() {
     assert_eq!(first.count, 2);
     assert!(first.closed);
     assert_eq!(
-        first
-            .messages
-            .iter()
-            .map(|m| &*m.text)
-            .collect::<Vec<_>>(),
+        first.messages.iter().map(|m| &*m.text).collect::<Vec<_>>(),
         ["hi", "are you there?"]
     );
     assert_eq!(first.first_message_id, sent[0].id.to_string());

@@ -168,7 +168,7 @@ async fn expired_embedded_documents_are_removed_with_a_change() {
     let sink = EmbeddedSink::open(dir.path(), Duration::from_secs(60))
         .await
         .expect("open");
-    let mut live = sink.subscribe();
+    let mut live = sink.feed().subscribe();
     let ids = TimeUuidGenerator::new();
     let chat = Uuid::new_v4();
     let old = batch(chat, 1, 2, true, &ids); // last message in 2027, expires 60 s later
@@ -187,6 +187,7 @@ async fn expired_embedded_documents_are_removed_with_a_change() {
     );
     assert_eq!(sink.newest_batch(chat).await.expect("read"), None);
     let replay = sink
+        .feed()
         .changes_since(chat, added.version)
         .await
         .expect("changes")
