@@ -1,6 +1,5 @@
 //! Wiring: state from config, the router with its middleware, the server.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,6 @@ use axum::extract::FromRef;
 use axum::http::HeaderName;
 use axum::Router;
 use secrecy::ExposeSecret;
-use service_kit::server::Listener;
 
 use crate::firebase::FirebaseTokens;
 use crate::limiter::FailureLimiter;
@@ -89,34 +87,33 @@ impl AppState {
     }
 }
 
-/// The routes with the shared middleware stack.
-pub fn router(state: AppState) -> Router {
-    service_kit::layers::apply(crate::routes::router(state), "auth", Default::default())
-}
-
 /// A bound, ready-to-run auth-service.
 pub type App = service_kit::server::App<AppState>;
 
+impl service_kit::server::ServiceConfig for Config {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
 impl service_kit::server::Service for AppState {
     type Config = Config;
-
-    fn listen_addr(config: &Config) -> SocketAddr {
-        config.listen
-    }
+    const NAME: &'static str = "auth-service";
 
     async fn from_config(config: &Config) -> anyhow::Result<Self> {
         AppState::build(config).await
     }
 
-    /// Also closes the database pool once requests are done.
-    async fn serve<F>(self, listener: Listener, shutdown: F) -> anyhow::Result<()>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let db = self.db.clone();
-        listener.serve(router(self), shutdown).await?;
-        db.close().await;
-        tracing::info!("auth-service stopped");
-        Ok(())
+    fn router(&self) -> Router {
+        service_kit::layers::apply(
+            crate::routes::router(self.clone()),
+            "auth",
+            Default::default(),
+        )
+    }
+
+    /// Closes the database pool.
+    async fn close(self) {
+        self.db.close().await;
     }
 }

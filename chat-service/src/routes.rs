@@ -34,9 +34,7 @@ pub fn api(state: AppState) -> Router {
 
 /// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 pub fn probes(state: AppState) -> Router {
-    service_kit::probes::router(get(readyz))
-        .route("/openapi.json", get(service_kit::probes::openapi::<ApiDoc>))
-        .with_state(state)
+    service_kit::probes::with_openapi::<ApiDoc, _>(get(readyz)).with_state(state)
 }
 
 #[derive(OpenApi)]

@@ -1,6 +1,5 @@
 //! Wiring: backends from config, the router with its middleware, the server.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,6 @@ use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 #[cfg(feature = "cql")]
 use secrecy::ExposeSecret;
-use service_kit::server::Listener;
 use uuid::Uuid;
 
 use crate::config::{LogKind, StoreKind};
@@ -143,42 +141,41 @@ impl AppState {
     }
 }
 
-/// The routes with the shared middleware stack.
-pub fn router(state: AppState) -> Router {
-    service_kit::layers::apply(crate::routes::router(state), "chat", Default::default())
-}
-
 /// A bound, ready-to-run chat-service.
 pub type App = service_kit::server::App<AppState>;
 
+impl service_kit::server::ServiceConfig for Config {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
 impl service_kit::server::Service for AppState {
     type Config = Config;
-
-    fn listen_addr(config: &Config) -> SocketAddr {
-        config.listen
-    }
+    const NAME: &'static str = "chat-service";
 
     async fn from_config(config: &Config) -> anyhow::Result<Self> {
         AppState::build(config).await
     }
 
-    async fn serve<F>(self, listener: Listener, shutdown: F) -> anyhow::Result<()>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        // Forget idle users' rate-limit state now and then, so memory is
-        // bounded by recently active senders.
+    fn router(&self) -> Router {
+        service_kit::layers::apply(
+            crate::routes::router(self.clone()),
+            "chat",
+            Default::default(),
+        )
+    }
+
+    /// Forgets idle users' rate-limit state now and then, so memory is
+    /// bounded by recently active senders.
+    fn background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let limiter = self.send_limiter.clone();
-        let sweeper = tokio::spawn(async move {
+        vec![tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 limiter.retain_recent();
             }
-        });
-        let result = listener.serve(router(self), shutdown).await;
-        sweeper.abort();
-        tracing::info!("chat-service stopped");
-        result
+        })]
     }
 }

@@ -24,3 +24,12 @@ where
         .route("/readyz", readyz)
         .route("/metrics", get(crate::metrics::render))
 }
+
+/// [`router`] plus `GET /openapi.json` serving `D`'s document.
+pub fn with_openapi<D, S>(readyz: MethodRouter<S>) -> Router<S>
+where
+    D: utoipa::OpenApi + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    router(readyz).route("/openapi.json", get(openapi::<D>))
+}

@@ -41,26 +41,35 @@ impl Listener {
     }
 }
 
-/// What a service is to [`App`]: a state built from its configuration that
-/// serves on a bound listener.
-pub trait Service: Sized + Send + 'static {
-    type Config: Send + Sync;
+/// A service's settings, as far as [`App`] needs them.
+pub trait ServiceConfig: Send + Sync {
+    /// Where to listen.
+    fn listen(&self) -> SocketAddr;
+}
 
-    /// Where the configuration says to listen.
-    fn listen_addr(config: &Self::Config) -> SocketAddr;
+/// What a service is to [`App`]: a state built from its configuration that
+/// serves its router on a bound listener.
+pub trait Service: Sized + Send + Sync + 'static {
+    type Config: ServiceConfig;
+    /// Its name in logs.
+    const NAME: &'static str;
 
     /// The state, with every backend connected.
     fn from_config(config: &Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
 
-    /// Serves until `shutdown`, then finishes in-flight requests and
-    /// releases what the state holds.
-    fn serve<F>(
-        self,
-        listener: Listener,
-        shutdown: F,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send
-    where
-        F: Future<Output = ()> + Send + 'static;
+    /// Every route, with the middleware.
+    fn router(&self) -> Router;
+
+    /// Tasks that run while the service serves (housekeeping), aborted when
+    /// it stops.
+    fn background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        Vec::new()
+    }
+
+    /// Releases what the state holds, once in-flight requests are done.
+    fn close(self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// A built service bound to its address, ready to run.
@@ -73,7 +82,7 @@ impl<S: Service> App<S> {
     /// Builds the state and binds the listener (port 0 picks a free port).
     pub async fn build(config: S::Config) -> anyhow::Result<Self> {
         let state = S::from_config(&config).await?;
-        let listener = Listener::bind(S::listen_addr(&config)).await?;
+        let listener = Listener::bind(config.listen()).await?;
         Ok(Self { listener, state })
     }
 
@@ -85,11 +94,19 @@ impl<S: Service> App<S> {
         &self.state
     }
 
-    /// Serves until `shutdown` completes; see [`Service::serve`].
+    /// Serves until `shutdown` completes, lets in-flight requests finish,
+    /// then stops the background tasks and closes the state.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        self.state.serve(self.listener, shutdown).await
+        let tasks = self.state.background();
+        let result = self.listener.serve(self.state.router(), shutdown).await;
+        for task in tasks {
+            task.abort();
+        }
+        self.state.close().await;
+        tracing::info!("{} stopped", S::NAME);
+        result
     }
 }

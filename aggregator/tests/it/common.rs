@@ -20,6 +20,21 @@ pub const SESSION_TIMEOUT_MS: u64 = 6000;
 /// timeout) keeps its production default of 300 s, as in a deployment.
 pub const STALL_TIMEOUT_MS: u64 = 10_000;
 
+/// A Kafka source in consumer group `group`, as the tests configure it.
+pub fn kafka_source(brokers: &str, group: &str) -> aggregator::source::kafka::KafkaSource {
+    aggregator::source::kafka::KafkaSource::connect(
+        &aggregator::source::kafka::KafkaSourceSettings {
+            brokers: brokers.into(),
+            topic: TOPIC.into(),
+            group_id: group.into(),
+            session_timeout: Duration::from_secs(6),
+            max_poll_interval: Duration::from_secs(300),
+            stall_timeout: Duration::from_secs(30),
+        },
+    )
+    .expect("source")
+}
+
 pub async fn create_topic(brokers: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aggregator::source::kafka::{KafkaSource, KafkaSourceSettings};
+use aggregator::source::kafka::KafkaSource;
 use aggregator::source::{Delivery, Source};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -47,15 +47,7 @@ async fn next_offset(source: &mut KafkaSource) -> i64 {
 }
 
 fn connect(brokers: &str) -> KafkaSource {
-    KafkaSource::connect(&KafkaSourceSettings {
-        brokers: brokers.into(),
-        topic: TOPIC.into(),
-        group_id: GROUP.into(),
-        session_timeout: Duration::from_secs(6),
-        max_poll_interval: Duration::from_secs(300),
-        stall_timeout: Duration::from_secs(30),
-    })
-    .expect("source")
+    crate::common::kafka_source(brokers, GROUP)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aggregator::source::embedded::{EmbeddedSource, PositionFile};
-use aggregator::source::kafka::{KafkaSource, KafkaSourceSettings};
 use aggregator::source::{Delivery, Source};
 use chat_events::TimeUuidGenerator;
 use chat_service::outbox::OutboxReader;
@@ -20,7 +19,7 @@ use chat_service::store::sqlite::SqliteStore;
 use chat_service::store::{Chat, Message, MessageStore, Participant};
 use uuid::Uuid;
 
-use crate::common::{create_topic, producer, publish, Conversation, TOPIC};
+use crate::common::{self, create_topic, producer, publish, Conversation};
 
 /// The next record's position (partition, offset), waiting at most 30 s.
 async fn next(source: &mut dyn Source) -> (i32, i64) {
@@ -102,18 +101,7 @@ async fn kafka_source() {
     }
     let open = || {
         let brokers = brokers.clone();
-        async move {
-            let source = KafkaSource::connect(&KafkaSourceSettings {
-                brokers,
-                topic: TOPIC.into(),
-                group_id: "source-suite".into(),
-                session_timeout: Duration::from_secs(6),
-                max_poll_interval: Duration::from_secs(300),
-                stall_timeout: Duration::from_secs(30),
-            })
-            .expect("source");
-            Box::new(source) as Box<dyn Source>
-        }
+        async move { Box::new(common::kafka_source(&brokers, "source-suite")) as Box<dyn Source> }
     };
     committed_position_means_the_same(open, say, 0).await;
 }
