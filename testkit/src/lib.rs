@@ -362,3 +362,60 @@ pub async fn start_chat(http: &reqwest::Client, base: &str, token: &str, other: 
         .expect("json");
     chat["id"].as_str().expect("id").to_owned()
 }
+
+/// A service running in this process as its binary runs it
+/// ([`service_kit::server::App::run_until_stopped`]); told to stop when
+/// dropped.
+pub struct InProcess {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcess {
+    /// Builds the service from `config` and serves it (port 0: a free one).
+    pub async fn start<S: service_kit::server::Service>(config: S::Config) -> Self {
+        let app = service_kit::server::App::<S>::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("{} builds: {e:#}", S::NAME));
+        Self::run(app.local_addr(), |stopped| app.run_until_stopped(stopped))
+    }
+
+    /// Runs `serve` (given the future that completes when it must stop) on
+    /// a task, for a server listening on `addr`.
+    pub fn run<F>(
+        addr: std::net::SocketAddr,
+        serve: impl FnOnce(futures::future::BoxFuture<'static, ()>) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops it gracefully and waits; panics unless it ran cleanly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,52 +1,20 @@
 //! The embedded stack in one process: auth-service, chat-service and the
 //! aggregator on one data directory; clients watch batches over SSE.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testkit::{SseEvent, SseReader};
-use tokio::sync::oneshot;
 
-struct Server {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.expect("join").expect("clean exit");
-    }
-}
-
-fn spawn_server<F>(addr: SocketAddr, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Server
-where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let (tx, rx) = oneshot::channel();
-    Server {
-        addr,
-        stop: Some(tx),
-        task: tokio::spawn(run(rx)),
-    }
-}
+type Server = testkit::InProcess;
 
 async fn start_aggregator(dir: PathBuf) -> Server {
     let mut config = aggregator::Config::embedded(dir);
     config.flush_interval_ms = std::num::NonZeroU64::new(300).expect("positive");
     config.embedded_poll_ms = std::num::NonZeroU64::new(5).expect("positive");
     let app = aggregator::App::build(config).await.expect("aggregator");
-    let addr = app.local_addr();
-    spawn_server(addr, move |rx| {
-        app.run_until_stopped(async move {
-            let _ = rx.await;
-        })
-    })
+    Server::run(app.local_addr(), |stopped| app.run_until_stopped(stopped))
 }
 
 struct Stack {
@@ -67,22 +35,11 @@ impl Stack {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().to_path_buf();
-        let auth = auth_service::App::build(auth_service::Config::embedded(&path))
-            .await
-            .expect("auth");
-        let auth = spawn_server(auth.local_addr(), move |rx| {
-            auth.run_until_stopped(async move {
-                let _ = rx.await;
-            })
-        });
+        let auth =
+            Server::start::<auth_service::AppState>(auth_service::Config::embedded(&path)).await;
         let mut chat_config = chat_service::Config::embedded(&path);
         chat_config.auth_url = format!("http://{}", auth.addr);
-        let chat = chat_service::App::build(chat_config).await.expect("chat");
-        let chat = spawn_server(chat.local_addr(), move |rx| {
-            chat.run_until_stopped(async move {
-                let _ = rx.await;
-            })
-        });
+        let chat = Server::start::<chat_service::AppState>(chat_config).await;
         let agg = start_aggregator(path.clone()).await;
         Self {
             _dir: dir,

@@ -1,12 +1,11 @@
 use std::net::SocketAddr;
 
 use auth_service::config::SigningAlgorithm;
-use auth_service::{App, Config};
+use auth_service::{AppState, Config};
 use reqwest::{Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -33,8 +32,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub data_dir: TempDir,
     pub config: Config,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    server: testkit::InProcess,
 }
 
 pub async fn spawn(backend: Backend) -> TestApp {
@@ -57,19 +55,13 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Te
 }
 
 pub async fn start(config: Config, data_dir: TempDir) -> TestApp {
-    let app = App::build(config.clone()).await.expect("app builds");
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
+    let server = testkit::InProcess::start::<AppState>(config.clone()).await;
     TestApp {
-        addr,
+        addr: server.addr,
         client: reqwest::Client::new(),
         data_dir,
         config,
-        shutdown: Some(tx),
-        server: Some(server),
+        server,
     }
 }
 
@@ -84,17 +76,9 @@ impl TestApp {
 
     /// Stops the server gracefully and waits for it; returns the data dir
     /// and config so a test can start it again on the same data.
-    pub async fn stop(mut self) -> (Config, TempDir) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("join").expect("server ran cleanly");
-        }
-        (
-            self.config.clone(),
-            std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tmp")),
-        )
+    pub async fn stop(self) -> (Config, TempDir) {
+        self.server.stop().await;
+        (self.config, self.data_dir)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Response {
@@ -142,14 +126,6 @@ impl TestApp {
         let r = self.login(username, "password123").await;
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.expect("json")
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

@@ -1,38 +1,13 @@
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// A running server task with its shutdown switch.
-pub struct Running {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Running {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("join").expect("server ran cleanly");
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+pub type Running = testkit::InProcess;
 
 /// auth-service and chat-service on one data directory, as in embedded mode.
 pub struct Stack {
@@ -72,35 +47,11 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut chat_service::Config)) -> Stack 
 }
 
 pub async fn start_auth(data_dir: PathBuf) -> Running {
-    let app = auth_service::App::build(auth_service::Config::embedded(data_dir))
-        .await
-        .expect("auth-service builds");
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    Running::start::<auth_service::AppState>(auth_service::Config::embedded(data_dir)).await
 }
 
 pub async fn start_chat(config: chat_service::Config) -> Running {
-    let app = chat_service::App::build(config)
-        .await
-        .expect("chat-service builds");
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    Running::start::<chat_service::AppState>(config).await
 }
 
 impl Stack {
