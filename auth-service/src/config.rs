@@ -2,6 +2,7 @@
 //! embedded mode: SQLite and an HS256 secret in the data directory.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
@@ -26,8 +27,8 @@ pub struct Config {
     pub database_url: Option<SecretString>,
 
     /// Largest number of pooled database connections.
-    #[arg(long, env = "AUTH_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
-    pub database_max_connections: u32,
+    #[arg(long, env = "AUTH_DATABASE_MAX_CONNECTIONS", default_value = "10")]
+    pub database_max_connections: NonZeroU32,
 
     #[command(flatten)]
     pub tokens: TokenConfig,
@@ -79,12 +80,12 @@ pub struct TokenConfig {
     pub jwt_audience: String,
 
     /// Access token lifetime, seconds.
-    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
-    pub access_token_ttl_secs: u64,
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value = "900")]
+    pub access_token_ttl_secs: NonZeroU64,
 
     /// Refresh token lifetime, seconds.
-    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
-    pub refresh_token_ttl_secs: u64,
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value = "2592000")]
+    pub refresh_token_ttl_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -92,23 +93,23 @@ pub struct SecurityConfig {
     /// Password hashes computed at once (each argon2id hash takes 19 MiB).
     /// Default: the number of CPUs.
     #[arg(long, env = "MAX_CONCURRENT_HASHES")]
-    pub max_concurrent_hashes: Option<usize>,
+    pub max_concurrent_hashes: Option<NonZeroUsize>,
 
     /// How long a request may wait for a hashing slot before getting 503.
     #[arg(long, env = "HASH_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
     pub hash_queue_timeout_ms: u64,
 
     /// Failed logins allowed per account within the window before 429.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5)]
-    pub login_max_failures_per_account: u32,
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value = "5")]
+    pub login_max_failures_per_account: NonZeroU32,
 
     /// Failed logins allowed per client address within the window before 429.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 50)]
-    pub login_max_failures_per_address: u32,
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value = "50")]
+    pub login_max_failures_per_address: NonZeroU32,
 
     /// Length of the failed-login window, seconds.
-    #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
-    pub login_failure_window_secs: u64,
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value = "900")]
+    pub login_failure_window_secs: NonZeroU64,
 
     /// Header holding the client address when behind a trusted reverse proxy
     /// (for example `x-forwarded-for`; its first address is used). Without
@@ -135,5 +136,23 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         super::Config::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_are_positive_by_type() {
+        use clap::Parser;
+        for flag in [
+            "--database-max-connections",
+            "--access-token-ttl-secs",
+            "--refresh-token-ttl-secs",
+            "--max-concurrent-hashes",
+            "--login-max-failures-per-account",
+            "--login-max-failures-per-address",
+            "--login-failure-window-secs",
+        ] {
+            let err = super::Config::try_parse_from(["auth-service", flag, "0"])
+                .expect_err("zero is refused while parsing");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! which is why it is not built on a token-bucket crate.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 const SWEEP_ABOVE: usize = 10_000;
 
 pub struct FailureLimiter {
-    max_failures: u32,
+    max_failures: NonZeroU32,
     window: Duration,
     entries: Mutex<HashMap<String, Entry>>,
 }
@@ -31,9 +32,9 @@ struct Entry {
 }
 
 impl FailureLimiter {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
+    pub fn new(max_failures: NonZeroU32, window: Duration) -> Self {
         Self {
-            max_failures: max_failures.max(1),
+            max_failures,
             window,
             entries: Mutex::new(HashMap::new()),
         }
@@ -43,7 +44,7 @@ impl FailureLimiter {
     pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let entries = self.lock();
         match entries.get(key) {
-            Some(e) if e.failures >= self.max_failures => {
+            Some(e) if e.failures >= self.max_failures.get() => {
                 let ends = e.window_start + self.window;
                 if now < ends {
                     Err(ends - now)
@@ -92,7 +93,10 @@ mod tests {
 
     #[test]
     fn trips_after_max_failures_and_recovers_when_the_window_ends() {
-        let l = FailureLimiter::new(3, Duration::from_secs(60));
+        let l = FailureLimiter::new(
+            NonZeroU32::new(3).expect("positive"),
+            Duration::from_secs(60),
+        );
         let t0 = Instant::now();
         for i in 0..3 {
             assert!(l.check("k", t0).is_ok(), "refused after {i} failures");
@@ -111,7 +115,7 @@ mod tests {
 
     #[test]
     fn clear_resets() {
-        let l = FailureLimiter::new(1, Duration::from_secs(60));
+        let l = FailureLimiter::new(NonZeroU32::MIN, Duration::from_secs(60));
         let t0 = Instant::now();
         l.record_failure("k", t0);
         assert!(l.check("k", t0).is_err());
@@ -121,7 +125,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_swept() {
-        let l = FailureLimiter::new(1, Duration::from_secs(1));
+        let l = FailureLimiter::new(NonZeroU32::MIN, Duration::from_secs(1));
         let t0 = Instant::now();
         for i in 0..SWEEP_ABOVE {
             l.record_failure(&i.to_string(), t0);

@@ -3,6 +3,7 @@
 //! a configured number at once, so a login flood queues (then gets 503)
 //! instead of exhausting memory or starving the async runtime.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ pub struct Passwords {
 }
 
 impl Passwords {
-    pub fn new(max_concurrent: usize, queue_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(max_concurrent: NonZeroUsize, queue_timeout: Duration) -> anyhow::Result<Self> {
         let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
             .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -40,7 +41,7 @@ impl Passwords {
             .to_string();
         Ok(Self {
             argon,
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            permits: Arc::new(Semaphore::new(max_concurrent.get())),
             queue_timeout,
             dummy_hash,
         })
@@ -104,7 +105,11 @@ mod tests {
 
     #[tokio::test]
     async fn hash_then_verify() {
-        let p = Passwords::new(2, Duration::from_secs(5)).expect("argon2");
+        let p = Passwords::new(
+            NonZeroUsize::new(2).expect("positive"),
+            Duration::from_secs(5),
+        )
+        .expect("argon2");
         let hash = p
             .hash(SecretString::from("correct horse"))
             .await
@@ -129,7 +134,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_answers_busy() {
-        let p = Passwords::new(1, Duration::from_millis(20)).expect("argon2");
+        let p = Passwords::new(NonZeroUsize::MIN, Duration::from_millis(20)).expect("argon2");
         let _held = p.permits.clone().acquire_owned().await.expect("permit");
         let r = p.hash(SecretString::from("password")).await;
         assert!(matches!(r, Err(Error::Busy)), "{r:?}");

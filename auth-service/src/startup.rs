@@ -50,7 +50,7 @@ impl AppState {
         let db = Db::connect(
             url.as_deref(),
             &config.data_dir,
-            config.database_max_connections,
+            config.database_max_connections.get(),
         )
         .await?;
         db.migrate().await?;
@@ -59,9 +59,10 @@ impl AppState {
         let sec = &config.security;
         let hashes = sec
             .max_concurrent_hashes
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(std::num::NonZeroUsize::MIN);
         let passwords = Passwords::new(hashes, Duration::from_millis(sec.hash_queue_timeout_ms))?;
-        let window = Duration::from_secs(sec.login_failure_window_secs);
+        let window = Duration::from_secs(sec.login_failure_window_secs.get());
         let client_ip_header = sec
             .client_ip_header
             .as_deref()

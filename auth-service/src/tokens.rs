@@ -79,8 +79,8 @@ impl Tokens {
             header,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
-            access_ttl: Duration::from_secs(config.access_token_ttl_secs),
-            refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs),
+            access_ttl: Duration::from_secs(config.access_token_ttl_secs.get()),
+            refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs.get()),
             verifier,
             jwks,
         })

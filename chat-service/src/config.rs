@@ -192,6 +192,7 @@ mod tests {
             "--send-burst",
             "--kafka-partitions",
             "--cql-bucket-hours",
+            "--kafka-batch-num-messages",
         ] {
             let err = Config::try_parse_from(["chat-service", flag, "0"])
                 .expect_err("zero is refused while parsing");

@@ -1,3 +1,4 @@
+use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -71,8 +72,8 @@ async fn unknown_user_and_wrong_password_look_the_same(backend: Backend) {
 
 async fn failed_logins_per_account_trip_and_recover(backend: Backend) {
     let app = spawn_with(backend, |c| {
-        c.security.login_max_failures_per_account = 3;
-        c.security.login_failure_window_secs = 2;
+        c.security.login_max_failures_per_account = NonZeroU32::new(3).expect("positive");
+        c.security.login_failure_window_secs = NonZeroU64::new(2).expect("positive");
     })
     .await;
     assert_eq!(
@@ -112,7 +113,7 @@ async fn failed_logins_per_account_trip_and_recover(backend: Backend) {
 
 async fn failed_logins_per_address_trip(backend: Backend) {
     let app = spawn_with(backend, |c| {
-        c.security.login_max_failures_per_address = 4;
+        c.security.login_max_failures_per_address = NonZeroU32::new(4).expect("positive");
     })
     .await;
     assert_eq!(
