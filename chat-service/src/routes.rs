@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chat_events::TimeUuid;
-use governor::clock::{Clock, DefaultClock};
 use serde::{Deserialize, Serialize};
 use service_kit::error::{ErrorBody, ErrorDetail};
 use service_kit::{ApiError, Json, Path, Query};
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, ClientMessageId, MessageText, Quantity, TextError};
 use crate::error::{Error, Result};
-use crate::store::{Chat, ChatSummary, Inserted, Message, Participant};
+use crate::store::{ChatSummary, Inserted, Message, Participant};
 use crate::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -185,25 +184,6 @@ fn message_out(m: &Message) -> MessageOut {
     }
 }
 
-/// The chat, if it exists and `caller` is in it; otherwise the one 404.
-async fn chat_for(state: &AppState, raw_id: &str, caller: Uuid) -> Result<Chat> {
-    let id = Uuid::parse_str(raw_id).map_err(|_| Error::ChatNotFound)?;
-    let chat = match state.chats.get(&id) {
-        Some(chat) => Some(chat),
-        None => {
-            let stored = state.store.chat(id).await?;
-            if let Some(chat) = &stored {
-                state.chats.insert(id, chat.clone());
-            }
-            stored
-        }
-    };
-    match chat {
-        Some(chat) if chat.has(caller) => Ok(chat),
-        _ => Err(Error::ChatNotFound),
-    }
-}
-
 /// Start (or get) the chat with another user.
 #[utoipa::path(post, path = "/chats", request_body = StartChat, security(("bearer" = [])), responses(
     (status = 201, description = "created", body = ChatOut),
@@ -216,51 +196,7 @@ async fn start_chat(
     caller: AuthUser,
     Json(body): Json<StartChat>,
 ) -> Result<(StatusCode, Json<ChatOut>)> {
-    if body.user_id == caller.id {
-        return Err(Error::Unprocessable(
-            "self_chat",
-            "you cannot start a chat with yourself".into(),
-        ));
-    }
-    let token = caller.token.as_str();
-    let other_name = state
-        .users
-        .username(body.user_id, token)
-        .await?
-        .ok_or_else(|| Error::Unprocessable("unknown_user", "no such user".into()))?;
-    let caller_name = match caller.claims.name.clone() {
-        Some(name) => name,
-        None => state
-            .users
-            .username(caller.id, token)
-            .await?
-            .unwrap_or_default(),
-    };
-    let chat = Chat {
-        id: chat_events::chat_id(caller.id, body.user_id),
-        participants: [
-            Participant {
-                id: caller.id,
-                username: caller_name,
-            },
-            Participant {
-                id: body.user_id,
-                username: other_name,
-            },
-        ],
-        created_at: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
-    };
-    let created = state.store.create_chat(&chat).await?;
-    // Return what is stored, so both participants see the same record.
-    let summary = state
-        .store
-        .chat_summary(caller.id, chat.id)
-        .await?
-        .unwrap_or(ChatSummary {
-            last_activity: chat.created_at,
-            last_message_id: None,
-            chat,
-        });
+    let (created, summary) = state.chats.start_chat(&caller, body.user_id).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -272,7 +208,7 @@ async fn start_chat(
 /// The caller's chats, most recently active first.
 #[utoipa::path(get, path = "/chats", security(("bearer" = [])), responses((status = 200, body = ChatList)))]
 async fn list_chats(State(state): State<AppState>, caller: AuthUser) -> Result<Json<ChatList>> {
-    let chats = state.store.chats_of(caller.id).await?;
+    let chats = state.chats.chats_of(caller.id).await?;
     Ok(Json(ChatList {
         chats: chats.iter().map(|s| chat_out(s, caller.id)).collect(),
     }))
@@ -299,7 +235,6 @@ async fn send(
     Path(id): Path<String>,
     Json(body): Json<SendMessage>,
 ) -> Result<(StatusCode, Json<MessageOut>)> {
-    let chat = chat_for(&state, &id, caller.id).await?;
     let text = MessageText::parse(body.text).map_err(|e| match e {
         TextError::Empty => Error::Unprocessable("empty_text", "text must not be empty".into()),
         TextError::TooLong => Error::Unprocessable(
@@ -312,20 +247,7 @@ async fn send(
         .map(ClientMessageId::parse)
         .transpose()
         .map_err(|e| Error::Unprocessable("invalid_client_message_id", e.into()))?;
-    if let Err(not_until) = state.send_limiter.check_key(&caller.id) {
-        return Err(Error::RateLimited(
-            not_until.wait_time_from(DefaultClock::default().now()),
-        ));
-    }
-    let inserted = state
-        .sender
-        .send(
-            &chat,
-            caller.id,
-            text.into_inner(),
-            client_id.map(ClientMessageId::into_inner),
-        )
-        .await?;
+    let inserted = state.chats.send(&id, caller.id, text, client_id).await?;
     let status = match inserted {
         Inserted::New(_) => StatusCode::CREATED,
         Inserted::Existing(_) => StatusCode::OK,
@@ -345,15 +267,14 @@ async fn history(
     Path(id): Path<String>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Json<HistoryPage>> {
-    let chat = chat_for(&state, &id, caller.id).await?;
     let before = domain::parse_time(params.time.as_deref())
         .map_err(|e| Error::BadRequest("invalid_time", e.into()))?;
     let quantity = Quantity::parse(params.quantity.as_deref())
-        .map_err(|e| Error::BadRequest("invalid_quantity", e.into()))?
-        .get();
-    let mut messages = state.store.history(chat.id, before, quantity + 1).await?;
-    let has_more = messages.len() > quantity;
-    messages.truncate(quantity);
+        .map_err(|e| Error::BadRequest("invalid_quantity", e.into()))?;
+    let (messages, has_more) = state
+        .chats
+        .history(&id, caller.id, before, quantity)
+        .await?;
     let next_time = if has_more {
         messages.last().map(|m| m.id.uuid())
     } else {

@@ -1,4 +1,5 @@
-//! The send path.
+//! The chat rules the handlers call ([`ChatService`]), and the send path
+//! ([`Sender`]).
 //!
 //! Sends in one chat are serialised inside this process (a striped lock on
 //! the chat id, held from choosing the id to the log's acknowledgement), so
@@ -15,9 +16,16 @@ use std::sync::Arc;
 use chat_events::TimeUuidGenerator;
 use uuid::Uuid;
 
-use crate::error::Result;
+use auth_validator::AuthUser;
+use chat_events::TimeUuid;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::domain::{ClientMessageId, MessageText, Quantity};
+use crate::error::{Error, Result};
 use crate::log::MessageLog;
-use crate::store::{Chat, Inserted, Message, MessageStore};
+use crate::store::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant};
+use crate::users::UserDirectory;
 
 const STRIPES: usize = 1024;
 
@@ -42,8 +50,8 @@ impl Sender {
         &self,
         chat: &Chat,
         sender: Uuid,
-        text: String,
-        client_message_id: Option<String>,
+        text: MessageText,
+        client_message_id: Option<ClientMessageId>,
     ) -> Result<Inserted> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         chat.id.hash(&mut hasher);
@@ -55,8 +63,8 @@ impl Sender {
             chat_id: chat.id,
             sender_id: sender,
             recipient_id: chat.other(sender).id,
-            text,
-            client_message_id,
+            text: text.into_inner(),
+            client_message_id: client_message_id.map(ClientMessageId::into_inner),
         };
         let inserted = self.store.insert_message(message).await?;
         self.log.publish(&inserted.message().event()).await?;
@@ -66,5 +74,158 @@ impl Sender {
         };
         metrics::counter!("chat_messages_sent_total", "outcome" => outcome).increment(1);
         Ok(inserted)
+    }
+}
+
+/// Chats kept in [`ChatService`]'s cache (about 200 bytes each).
+pub const CACHED_CHATS: usize = 100_000;
+
+/// What the HTTP handlers call: starting and listing chats, sending, and
+/// history, each for an authenticated caller, over the store, the log and
+/// the user directory. Handlers only parse requests and shape responses.
+pub struct ChatService {
+    store: Arc<dyn MessageStore>,
+    sender: Sender,
+    users: Arc<dyn UserDirectory>,
+    send_limiter: DefaultKeyedRateLimiter<Uuid>,
+    /// Chats by id, as read from the store. A chat never changes once
+    /// created (participants and their names at creation), so entries never
+    /// go stale; only chats that exist are kept.
+    chats: quick_cache::sync::Cache<Uuid, Chat>,
+}
+
+impl ChatService {
+    /// `send_quota`: how fast one user may send.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        log: Arc<dyn MessageLog>,
+        users: Arc<dyn UserDirectory>,
+        send_quota: Quota,
+    ) -> Self {
+        Self {
+            sender: Sender::new(store.clone(), log),
+            store,
+            users,
+            send_limiter: RateLimiter::keyed(send_quota),
+            chats: quick_cache::sync::Cache::new(CACHED_CHATS),
+        }
+    }
+
+    /// Starts the chat between the caller and `other`, or finds it;
+    /// `true` when it is new. Returns what is stored, so both members see
+    /// the same record.
+    pub async fn start_chat(&self, caller: &AuthUser, other: Uuid) -> Result<(bool, ChatSummary)> {
+        if other == caller.id {
+            return Err(Error::Unprocessable(
+                "self_chat",
+                "you cannot start a chat with yourself".into(),
+            ));
+        }
+        let token = caller.token.as_str();
+        let other_name = self
+            .users
+            .username(other, token)
+            .await?
+            .ok_or_else(|| Error::Unprocessable("unknown_user", "no such user".into()))?;
+        let caller_name = match caller.claims.name.clone() {
+            Some(name) => name,
+            None => self
+                .users
+                .username(caller.id, token)
+                .await?
+                .unwrap_or_default(),
+        };
+        let chat = Chat {
+            id: chat_events::chat_id(caller.id, other),
+            participants: [
+                Participant {
+                    id: caller.id,
+                    username: caller_name,
+                },
+                Participant {
+                    id: other,
+                    username: other_name,
+                },
+            ],
+            created_at: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+        };
+        let created = self.store.create_chat(&chat).await?;
+        let summary = self
+            .store
+            .chat_summary(caller.id, chat.id)
+            .await?
+            .unwrap_or(ChatSummary {
+                last_activity: chat.created_at,
+                last_message_id: None,
+                chat,
+            });
+        Ok((created, summary))
+    }
+
+    /// The caller's chats, most recently active first.
+    pub async fn chats_of(&self, caller: Uuid) -> Result<Vec<ChatSummary>> {
+        Ok(self.store.chats_of(caller).await?)
+    }
+
+    /// The chat `raw_id` if the caller is a member; otherwise (or if it is
+    /// not a chat id at all) "not found", never "forbidden".
+    pub async fn chat_for(&self, raw_id: &str, caller: Uuid) -> Result<Chat> {
+        let id = Uuid::parse_str(raw_id).map_err(|_| Error::ChatNotFound)?;
+        let chat = match self.chats.get(&id) {
+            Some(chat) => Some(chat),
+            None => {
+                let stored = self.store.chat(id).await?;
+                if let Some(chat) = &stored {
+                    self.chats.insert(id, chat.clone());
+                }
+                stored
+            }
+        };
+        match chat {
+            Some(chat) if chat.has(caller) => Ok(chat),
+            _ => Err(Error::ChatNotFound),
+        }
+    }
+
+    /// Sends in chat `raw_id`, within the caller's rate.
+    pub async fn send(
+        &self,
+        raw_id: &str,
+        caller: Uuid,
+        text: MessageText,
+        client_message_id: Option<ClientMessageId>,
+    ) -> Result<Inserted> {
+        let chat = self.chat_for(raw_id, caller).await?;
+        if let Err(not_until) = self.send_limiter.check_key(&caller) {
+            return Err(Error::RateLimited(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            ));
+        }
+        self.sender
+            .send(&chat, caller, text, client_message_id)
+            .await
+    }
+
+    /// Up to `quantity` messages of chat `raw_id` older than `before` (the
+    /// newest without it), newest first, and whether older ones remain.
+    pub async fn history(
+        &self,
+        raw_id: &str,
+        caller: Uuid,
+        before: Option<TimeUuid>,
+        quantity: Quantity,
+    ) -> Result<(Vec<Message>, bool)> {
+        let chat = self.chat_for(raw_id, caller).await?;
+        let quantity = quantity.get();
+        let mut messages = self.store.history(chat.id, before, quantity + 1).await?;
+        let has_more = messages.len() > quantity;
+        messages.truncate(quantity);
+        Ok((messages, has_more))
+    }
+
+    /// Forgets idle users' rate-limit state, so memory is bounded by
+    /// recently active senders.
+    pub fn forget_idle_senders(&self) {
+        self.send_limiter.retain_recent();
     }
 }

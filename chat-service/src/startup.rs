@@ -8,44 +8,36 @@ use anyhow::Context;
 use auth_validator::Verifier;
 use axum::extract::FromRef;
 use axum::Router;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 #[cfg(feature = "cql")]
 use secrecy::ExposeSecret;
-use uuid::Uuid;
 
 use crate::config::{LogKind, StoreKind};
 #[cfg(feature = "kafka")]
 use crate::log::kafka::{KafkaLog, KafkaSettings};
 use crate::log::MessageLog;
 use crate::outbox::{OutboxLog, OutboxWake};
-use crate::service::Sender;
+use crate::service::ChatService;
 #[cfg(feature = "cql")]
 use crate::store::cql::{parse_consistency, CqlSettings, CqlStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Chat, MessageStore};
+use crate::store::MessageStore;
 use crate::users::{HttpDirectory, UserDirectory};
 use crate::Config;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// The chat rules the handlers call.
+    pub chats: Arc<ChatService>,
+    /// For readiness.
     pub store: Arc<dyn MessageStore>,
     pub log: Arc<dyn MessageLog>,
-    pub sender: Arc<Sender>,
-    pub users: Arc<dyn UserDirectory>,
     pub verifier: Verifier,
-    pub send_limiter: Arc<DefaultKeyedRateLimiter<Uuid>>,
-    /// Chats by id, as read from the store. A chat never changes once
-    /// created (participants and their names at creation), so entries never
-    /// go stale; only chats that exist are kept.
-    pub chats: Arc<quick_cache::sync::Cache<Uuid, Chat>>,
     /// With the embedded log: wakes a reader of the outbox in this process
     /// after each send (clone it per reader).
     pub outbox_wake: Option<OutboxWake>,
 }
-
-/// Chats kept in [`AppState::chats`] (about 200 bytes each).
-pub const CACHED_CHATS: usize = 100_000;
 
 impl FromRef<AppState> for Verifier {
     fn from_ref(state: &AppState) -> Verifier {
@@ -126,16 +118,17 @@ impl AppState {
             }
         };
         let (rate, burst) = (config.send.send_rate_per_sec, config.send.send_burst);
+        let users = users.unwrap_or_else(|| Arc::new(HttpDirectory::new(&config.auth_url, http)));
         Ok(Self {
-            sender: Arc::new(Sender::new(store.clone(), log.clone())),
-            store,
-            log,
-            users: users.unwrap_or_else(|| Arc::new(HttpDirectory::new(&config.auth_url, http))),
-            verifier,
-            send_limiter: Arc::new(RateLimiter::keyed(
+            chats: Arc::new(ChatService::new(
+                store.clone(),
+                log.clone(),
+                users,
                 Quota::per_second(rate).allow_burst(burst),
             )),
-            chats: Arc::new(quick_cache::sync::Cache::new(CACHED_CHATS)),
+            store,
+            log,
+            verifier,
             outbox_wake,
         })
     }
@@ -169,12 +162,12 @@ impl service_kit::server::Service for AppState {
     /// Forgets idle users' rate-limit state now and then, so memory is
     /// bounded by recently active senders.
     fn background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let limiter = self.send_limiter.clone();
+        let chats = self.chats.clone();
         vec![tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                limiter.retain_recent();
+                chats.forget_idle_senders();
             }
         })]
     }
