@@ -54,21 +54,29 @@ pub enum GroupError {
     Commit(&'static str, String),
 }
 
-type Queued<J, O, E> = (J, tokio::sync::oneshot::Sender<Result<O, E>>);
+/// Answers one write once its group's commit is known.
+type Reply = Box<dyn FnOnce(Result<(), GroupError>) + Send>;
+/// One queued write: runs on the writer's connection (inside its own
+/// savepoint) and says whether it succeeded, with the reply to send once
+/// the group's commit is known.
+type Job = Box<dyn FnOnce(&rusqlite::Connection) -> (bool, Reply) + Send>;
 
 /// One thread that owns a database's only write connection and commits
 /// queued writes in groups: it takes every write waiting at that moment (up
 /// to `max_group`), applies each inside a savepoint of one transaction, and
-/// answers each only after that transaction commits. A write whose `apply`
-/// fails is rolled back alone and gets its error; if the commit fails, every
-/// write of the group gets [`GroupError::Commit`] and none of it is stored.
+/// answers each only after that transaction commits. A write that fails is
+/// rolled back alone and gets its error; if the commit fails, every write
+/// of the group gets [`GroupError::Commit`] and none of it is stored.
 /// Concurrent writers so share one commit instead of queueing for one each.
+/// Each write is a typed closure ([`GroupWriter::write`]) with its own
+/// result type.
 ///
 /// The writer never checkpoints the WAL itself (a checkpoint syncs the file
 /// and would hold up every write queued behind it): a thread of its own does
 /// a passive checkpoint every [`CHECKPOINT_EVERY`], alongside the writes.
-pub struct GroupWriter<J, O, E> {
-    jobs: tokio::sync::mpsc::Sender<Queued<J, O, E>>,
+#[derive(Clone)]
+pub struct GroupWriter {
+    jobs: tokio::sync::mpsc::Sender<Job>,
     name: &'static str,
     /// Dropped with the last clone, which stops the checkpointer.
     _checkpoints: std::sync::Arc<std::sync::mpsc::Sender<()>>,
@@ -76,16 +84,6 @@ pub struct GroupWriter<J, O, E> {
 
 /// How often the WAL is checkpointed, off the write path.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-
-impl<J, O, E> Clone for GroupWriter<J, O, E> {
-    fn clone(&self) -> Self {
-        Self {
-            jobs: self.jobs.clone(),
-            name: self.name,
-            _checkpoints: self._checkpoints.clone(),
-        }
-    }
-}
 
 /// Checkpoints `path`'s WAL every [`CHECKPOINT_EVERY`] until `stop`'s
 /// sender is gone.
@@ -110,31 +108,18 @@ fn spawn_checkpointer(
     Ok(())
 }
 
-impl<J, O, E> GroupWriter<J, O, E>
-where
-    J: Send + 'static,
-    O: Send + 'static,
-    E: From<GroupError> + From<rusqlite::Error> + Send + 'static,
-{
+impl GroupWriter {
     /// Starts the writer thread on the database at `path` (already
     /// [`migrate`]d). It ends when every clone of the returned writer is gone
     /// and the queue is empty.
-    pub fn spawn<F>(
-        name: &'static str,
-        path: &Path,
-        max_group: usize,
-        mut apply: F,
-    ) -> anyhow::Result<Self>
-    where
-        F: FnMut(&rusqlite::Connection, J) -> Result<O, E> + Send + 'static,
-    {
+    pub fn spawn(name: &'static str, path: &Path, max_group: usize) -> anyhow::Result<Self> {
         let mut conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.set_prepared_statement_cache_capacity(32);
         let (checkpoints, stop) = std::sync::mpsc::channel();
         spawn_checkpointer(name, path, stop)?;
-        let (jobs, mut queue) = tokio::sync::mpsc::channel::<Queued<J, O, E>>(4 * max_group);
+        let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(4 * max_group);
         std::thread::Builder::new()
             .name(format!("{name}-writer"))
             .spawn(move || {
@@ -146,7 +131,7 @@ where
                             Err(_) => break,
                         }
                     }
-                    commit_group(name, &mut conn, group, &mut apply);
+                    commit_group(name, &mut conn, group);
                 }
             })?;
         Ok(Self {
@@ -156,11 +141,25 @@ where
         })
     }
 
-    /// Queues `job` and waits until its group has committed.
-    pub async fn write(&self, job: J) -> Result<O, E> {
-        let (reply, outcome) = tokio::sync::oneshot::channel();
+    /// Queues `write` and waits until its group has committed: its result,
+    /// or why the group did not commit.
+    pub async fn write<T, E, F>(&self, write: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<GroupError> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (reply, outcome) = tokio::sync::oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |conn| {
+            let result = write(conn);
+            let ok = result.is_ok();
+            let answer: Reply = Box::new(move |commit| {
+                let _ = reply.send(commit.map_err(E::from).and(result));
+            });
+            (ok, answer)
+        });
         let stopped = || E::from(GroupError::Stopped(self.name));
-        self.jobs.send((job, reply)).await.map_err(|_| stopped())?;
+        self.jobs.send(job).await.map_err(|_| stopped())?;
         outcome.await.map_err(|_| stopped())?
     }
 
@@ -169,40 +168,26 @@ where
     }
 }
 
-fn commit_group<J, O, E, F>(
-    name: &'static str,
-    conn: &mut rusqlite::Connection,
-    group: Vec<Queued<J, O, E>>,
-    apply: &mut F,
-) where
-    E: From<GroupError> + From<rusqlite::Error>,
-    F: FnMut(&rusqlite::Connection, J) -> Result<O, E>,
-{
-    let mut answers = Vec::with_capacity(group.len());
+fn commit_group(name: &'static str, conn: &mut rusqlite::Connection, group: Vec<Job>) {
+    let mut replies = Vec::with_capacity(group.len());
     let committed = (|| -> rusqlite::Result<()> {
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for (job, reply) in group {
+        for job in group {
             let savepoint = tx.savepoint()?;
-            let outcome = apply(&savepoint, job);
-            if outcome.is_ok() {
+            let (ok, reply) = job(&savepoint);
+            if ok {
                 savepoint.commit()?;
             } // else dropping it rolls this write back
-            answers.push((reply, outcome));
+            replies.push(reply);
         }
         tx.commit()
     })();
-    match committed {
-        Ok(()) => {
-            for (reply, outcome) in answers {
-                let _ = reply.send(outcome);
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, db = name, writes = answers.len(), "group commit failed");
-            for (reply, _) in answers {
-                let _ = reply.send(Err(E::from(GroupError::Commit(name, e.to_string()))));
-            }
-        }
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, db = name, writes = replies.len(), "group commit failed");
+    }
+    let commit = committed.map_err(|e| GroupError::Commit(name, e.to_string()));
+    for reply in replies {
+        reply(commit.clone());
     }
 }
 
@@ -230,6 +215,23 @@ impl ReadPool {
         })
         .await??;
         Ok(Self { pool })
+    }
+
+    /// Runs `query` on a blocking thread: for scans, whose rows can be
+    /// many (a read that may take milliseconds must not hold up the async
+    /// runtime's threads).
+    pub async fn scan<T, F>(&self, query: F) -> Result<T, ReadError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(|e| ReadError::Pool(e.to_string()))?;
+            Ok(query(&conn)?)
+        })
+        .await
+        .map_err(|e| ReadError::Pool(e.to_string()))?
     }
 
     /// Runs `query` on a read connection: right here when one is free (an
@@ -292,11 +294,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");
         migrate(&path, &MIGRATOR).await.expect("migrate");
-        let writer =
-            GroupWriter::<i64, i64, TestError>::spawn("t.db", &path, 16, apply).expect("writer");
+        let writer = GroupWriter::spawn("t.db", &path, 16).expect("writer");
         let outcomes = futures::future::join_all((0..200).map(|n| {
             let writer = writer.clone();
-            tokio::spawn(async move { (n, writer.write(n).await) })
+            tokio::spawn(async move { (n, writer.write(move |c| apply(c, n)).await) })
         }))
         .await;
         for done in outcomes {

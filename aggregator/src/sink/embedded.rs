@@ -83,7 +83,7 @@ impl Change {
 /// [`Feed`].
 #[derive(Clone)]
 pub struct EmbeddedSink {
-    write: GroupWriter<Job, Done, SinkError>,
+    write: GroupWriter,
     feed: Feed,
     ttl: Duration,
 }
@@ -95,11 +95,6 @@ pub struct EmbeddedSink {
 pub struct Feed {
     read: ReadPool,
     changes: broadcast::Sender<Change>,
-}
-
-enum Job {
-    Write(Prepared),
-    Expire(i64),
 }
 
 /// A pipeline write with its JSON already encoded, so the writer thread
@@ -162,10 +157,7 @@ impl EmbeddedSink {
     pub async fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations")).await?;
-        let write = GroupWriter::spawn("realtime.db", &path, GROUP, move |conn, job| match job {
-            Job::Write(w) => store_write(conn, w),
-            Job::Expire(now) => expire(conn, now),
-        })?;
+        let write = GroupWriter::spawn("realtime.db", &path, GROUP)?;
         let read = ReadPool::open(&path, 4).await?;
         let (changes, _) = broadcast::channel(LIVE_CHANGES);
         Ok(Self {
@@ -181,7 +173,10 @@ impl EmbeddedSink {
     }
 
     /// Runs `job` on the writer; then tells live streams what changed.
-    async fn commit(&self, job: Job) -> Result<usize, SinkError> {
+    async fn commit<F>(&self, job: F) -> Result<usize, SinkError>
+    where
+        F: FnOnce(&Connection) -> Result<Done, SinkError> + Send + 'static,
+    {
         let done = self.write.write(job).await?;
         for change in done.changes {
             // No subscribers is fine.
@@ -194,7 +189,8 @@ impl EmbeddedSink {
     /// `removed` change for each (the embedded counterpart of Firestore's
     /// TTL policy). Returns how many were removed.
     pub async fn expire(&self, now: time::OffsetDateTime) -> Result<usize, SinkError> {
-        self.commit(Job::Expire(now.unix_timestamp())).await
+        let now = now.unix_timestamp();
+        self.commit(move |conn| expire(conn, now)).await
     }
 
     /// Runs [`EmbeddedSink::expire`] every `every` until the task is aborted.
@@ -232,11 +228,20 @@ impl Feed {
         Ok(self.read.read(query).await?)
     }
 
+    /// [`Feed::read`] for a scan (many rows): on a blocking thread.
+    async fn scan<T, F>(&self, query: F) -> Result<T, SinkError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        Ok(self.read.scan(query).await?)
+    }
+
     /// The chat's newest `limit` batch documents in `seq` order, and the
     /// newest change version they reflect.
     pub async fn snapshot(&self, chat: Uuid, limit: i64) -> Result<(Vec<Value>, i64), SinkError> {
         let (rows, latest) = self
-            .read(move |c| {
+            .scan(move |c| {
                 let mut query = c.prepare_cached(
                     "SELECT doc, version FROM (SELECT doc, version, seq FROM batches WHERE chat_id = ?1 \
                      ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
@@ -269,7 +274,7 @@ impl Feed {
         version: i64,
     ) -> Result<Option<Vec<Change>>, SinkError> {
         let found = self
-            .read(move |c| {
+            .scan(move |c| {
                 let oldest: Option<i64> = c
                     .prepare_cached("SELECT MIN(version) FROM changes")?
                     .query_row([], |r| r.get(0))?;
@@ -452,7 +457,7 @@ impl Sink for EmbeddedSink {
                 .as_ref()
                 .map(|s| (s.chat_id, summary_json_text(s))),
         };
-        self.commit(Job::Write(prepared)).await
+        self.commit(move |conn| store_write(conn, prepared)).await
     }
 
     async fn ping(&self) -> Result<(), SinkError> {

@@ -36,17 +36,9 @@ const READERS: u32 = 4;
 #[derive(Clone)]
 pub struct SqliteStore {
     read: ReadPool,
-    write: GroupWriter<Job, Outcome, StoreError>,
-}
-
-enum Job {
-    Insert(Message),
-    CreateChat(Chat),
-}
-
-enum Outcome {
-    Inserted(Inserted),
-    Created(bool),
+    write: GroupWriter,
+    /// Each new message's event also goes to the outbox.
+    outbox: bool,
 }
 
 impl From<GroupError> for StoreError {
@@ -81,12 +73,13 @@ impl SqliteStore {
     async fn open_inner(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations/sqlite")).await?;
-        let write = GroupWriter::spawn("chat.db", &path, GROUP, move |conn, job| match job {
-            Job::Insert(m) => insert(conn, outbox, m).map(Outcome::Inserted),
-            Job::CreateChat(chat) => create_chat(conn, &chat).map(Outcome::Created),
-        })?;
+        let write = GroupWriter::spawn("chat.db", &path, GROUP)?;
         let read = ReadPool::open(&path, READERS).await?;
-        Ok(Self { read, write })
+        Ok(Self {
+            read,
+            write,
+            outbox,
+        })
     }
 
     /// Nothing to do: the writer thread ends once the queued writes are
@@ -99,6 +92,15 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         Ok(self.read.read(query).await?)
+    }
+
+    /// [`SqliteStore::read`] for a scan: always on a blocking thread.
+    async fn scan<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        Ok(self.read.scan(query).await?)
     }
 }
 
@@ -202,10 +204,8 @@ fn insert(conn: &Connection, outbox: bool, m: Message) -> Result<Inserted, Store
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn create_chat(&self, chat: &Chat) -> Result<bool, StoreError> {
-        match self.write.write(Job::CreateChat(chat.clone())).await? {
-            Outcome::Created(created) => Ok(created),
-            Outcome::Inserted(_) => Err(StoreError::Corrupt("writer mix-up".into())),
-        }
+        let chat = chat.clone();
+        self.write.write(move |conn| create_chat(conn, &chat)).await
     }
 
     async fn chat(&self, id: Uuid) -> Result<Option<Chat>, StoreError> {
@@ -229,7 +229,8 @@ impl MessageStore for SqliteStore {
     }
 
     async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {
-        self.read(move |c| {
+        // A user's chats can be many: off the async runtime's threads.
+        self.scan(move |c| {
             let mut query = c.prepare_cached(&format!(
                 "SELECT {CHAT_COLUMNS} FROM chats WHERE user_a = ?1 \
                  UNION ALL SELECT {CHAT_COLUMNS} FROM chats WHERE user_b = ?1 \
@@ -242,10 +243,10 @@ impl MessageStore for SqliteStore {
     }
 
     async fn insert_message(&self, message: Message) -> Result<Inserted, StoreError> {
-        match self.write.write(Job::Insert(message)).await? {
-            Outcome::Inserted(inserted) => Ok(inserted),
-            Outcome::Created(_) => Err(StoreError::Corrupt("writer mix-up".into())),
-        }
+        let outbox = self.outbox;
+        self.write
+            .write(move |conn| insert(conn, outbox, message))
+            .await
     }
 
     async fn history(
