@@ -141,6 +141,23 @@ pub fn keyspace_ddl(keyspace: &str, replication_factor: u32, tablets_option: boo
     ddl
 }
 
+/// The tables, all in `migrations/cql/schema.cql`.
+const SCHEMA: &str = include_str!("../../migrations/cql/schema.cql");
+
+/// The `CREATE TABLE` statements of [`SCHEMA`] for `keyspace`, in order.
+pub fn table_ddl(keyspace: &str) -> Vec<String> {
+    let text: String = SCHEMA
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.split(';')
+        .map(str::trim)
+        .filter(|statement| !statement.is_empty())
+        .map(|statement| statement.replace("{ks}", keyspace))
+        .collect()
+}
+
 /// Whether the server has tablets (ScyllaDB 6.0 and later): its
 /// `system_schema.scylla_keyspaces` table has an `initial_tablets` column.
 /// Cassandra has no such table, and the query returns nothing there.
@@ -200,32 +217,9 @@ impl CqlStore {
             "keyspace names are letters, digits and '_'"
         );
         let tablets = server_has_tablets(&session).await?;
-        let schema = [
-            keyspace_ddl(ks, settings.replication_factor, tablets),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.chats (chat_id uuid PRIMARY KEY, \
-                 user_a uuid, user_a_name text, user_b uuid, user_b_name text, created_at bigint)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.user_chats (user_id uuid, chat_id uuid, \
-                 last_activity bigint, last_message_id timeuuid, PRIMARY KEY (user_id, chat_id))"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.messages (chat_id uuid, bucket bigint, id timeuuid, \
-                 sender_id uuid, recipient_id uuid, text text, client_message_id text, \
-                 PRIMARY KEY ((chat_id, bucket), id)) WITH CLUSTERING ORDER BY (id DESC)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.chat_buckets (chat_id uuid, bucket bigint, \
-                 PRIMARY KEY (chat_id, bucket)) WITH CLUSTERING ORDER BY (bucket DESC)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.client_ids (chat_id uuid, sender_id uuid, \
-                 client_message_id text, message_id timeuuid, \
-                 PRIMARY KEY ((chat_id, sender_id, client_message_id)))"
-            ),
-        ];
-        for ddl in &schema {
+        let schema = std::iter::once(keyspace_ddl(ks, settings.replication_factor, tablets))
+            .chain(table_ddl(ks));
+        for ddl in schema {
             session
                 .query_unpaged(ddl.as_str(), &[])
                 .await
@@ -675,7 +669,32 @@ impl MessageStore for CqlStore {
 
 #[cfg(test)]
 mod tests {
-    use super::keyspace_ddl;
+    use super::{keyspace_ddl, table_ddl};
+
+    #[test]
+    fn the_schema_file_gives_each_table_once_in_the_keyspace() {
+        let ddl = table_ddl("chat_x");
+        let tables: Vec<&str> = ddl
+            .iter()
+            .map(|d| {
+                let rest = d
+                    .strip_prefix("CREATE TABLE IF NOT EXISTS chat_x.")
+                    .unwrap_or_else(|| panic!("not a table in the keyspace: {d}"));
+                &rest[..rest.find(' ').unwrap_or(rest.len())]
+            })
+            .collect();
+        assert_eq!(
+            tables,
+            [
+                "chats",
+                "user_chats",
+                "messages",
+                "chat_buckets",
+                "client_ids"
+            ]
+        );
+        assert!(ddl.iter().all(|d| !d.contains("{ks}") && !d.contains("--")));
+    }
 
     #[test]
     fn keyspaces_disable_tablets_only_where_the_server_has_them() {
