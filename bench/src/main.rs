@@ -382,42 +382,91 @@ fn figure(
     }
 }
 
+/// The users and chats the HTTP phases share.
+struct Fixture {
+    http: reqwest::Client,
+    base: String,
+    api: Api,
+    /// `2 * concurrency + 2` users; sender `w` is user `2w`, in chat `w`
+    /// with user `2w + 1`.
+    users: Arc<Vec<User>>,
+    chats: Arc<Vec<String>>,
+    /// `GET /chats`, the baseline: HTTP, JSON, the token check and one
+    /// indexed read.
+    chat_list: reqwest::Url,
+    concurrency: usize,
+}
+
+impl Fixture {
+    async fn new(plan: &Plan, server: &Server) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()?;
+        let api = Api {
+            http: http.clone(),
+            base: server.base.clone(),
+        };
+        let c = plan.concurrency;
+        let mut users = Vec::new();
+        for i in 0..(2 * c + 2) {
+            users.push(api.user(&format!("bench{i}")).await?);
+        }
+        let mut chats = Vec::new();
+        for w in 0..c {
+            chats.push(api.chat(&users[2 * w], &users[2 * w + 1]).await?);
+        }
+        // URLs are parsed once, like a real client would: parsing (with
+        // IDNA) on every request was a visible part of the load
+        // generator's CPU.
+        let chat_list = url(format!("{}/chats", server.base));
+        Ok(Self {
+            http,
+            base: server.base.clone(),
+            api,
+            users: Arc::new(users),
+            chats: Arc::new(chats),
+            chat_list,
+            concurrency: c,
+        })
+    }
+}
+
 async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let server = Server::start(bin)?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
-    let api = Api {
-        http: http.clone(),
-        base: server.base.clone(),
-    };
-    let base = server.base.clone();
-    let c = plan.concurrency;
+    let fixture = Fixture::new(plan, &server).await?;
+    let sent = send_phase(plan, &fixture, figures).await;
+    let rss_after_send = server.peak_rss_mib();
+    let filled = history_phase(plan, &fixture, sent, figures).await?;
+    realtime_phase(plan, &fixture, sent + filled, figures).await?;
 
-    // Users and chats: one chat per sender.
-    let mut users = Vec::new();
-    for i in 0..(2 * c + 2) {
-        users.push(api.user(&format!("bench{i}")).await?);
-    }
-    let mut chats = Vec::new();
-    for w in 0..c {
-        chats.push(api.chat(&users[2 * w], &users[2 * w + 1]).await?);
-    }
-    let (users, chats) = (Arc::new(users), Arc::new(chats));
+    // 6. Memory.
+    let peak = server.peak_rss_mib().unwrap_or(0.0);
+    figures.push(figure(
+        "all-in-one peak RSS (runs 1-3)",
+        peak,
+        "MiB",
+        None,
+        "VmHWM of the chat-backend process".into(),
+        json!({"after_send_phase_mib": rss_after_send}),
+    ));
+    Ok(())
+}
+
+/// Phase 1; returns how many messages were sent.
+async fn send_phase(plan: &Plan, f: &Fixture, figures: &mut Vec<Figure>) -> u64 {
+    let (http, users, chats, c) = (&f.http, &f.users, &f.chats, f.concurrency);
     let load = format!(
         "{c} concurrent keep-alive clients, {:?}, {}-byte messages",
         plan.phase,
         TEXT.len()
     );
-
     // 1. Send, next to a cheap authenticated read: the caller's chat list
     // (one chat), which is HTTP, JSON, the token check and one indexed read.
     progress("send baseline (GET /chats)");
     // URLs are parsed once, like a real client would: parsing (with IDNA)
     // on every request was a visible part of the load generator's CPU.
-    let chat_list = url(format!("{base}/chats"));
     let baseline = {
-        let (http, chat_list, users) = (http.clone(), chat_list.clone(), users.clone());
+        let (http, chat_list, users) = (http.clone(), f.chat_list.clone(), users.clone());
         closed_loop(c, plan.phase, move |w, _| {
             let (http, url, users) = (http.clone(), chat_list.clone(), users.clone());
             async move { get_ok(&http, url, &users[2 * w].auth).await }
@@ -429,7 +478,7 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         let targets: Arc<Vec<reqwest::Url>> = Arc::new(
             chats
                 .iter()
-                .map(|chat| url(format!("{base}/chat/{chat}/messages")))
+                .map(|chat| url(format!("{}/chat/{chat}/messages", f.base)))
                 .collect(),
         );
         let (http, users) = (http.clone(), users.clone());
@@ -455,11 +504,20 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         load.clone(),
         json!({"p50_ms": sends.ms(0.5), "p999_ms": sends.ms(0.999)}),
     ));
-    let rss_after_send = server.peak_rss_mib();
+    sends.ok
+}
 
+/// Phase 2, after `sent` messages; returns how many it sent.
+async fn history_phase(
+    plan: &Plan,
+    f: &Fixture,
+    sent: u64,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<u64> {
+    let (http, base, users, c) = (&f.http, &f.base, &f.users, f.concurrency);
     // 2. History at random positions of one long chat.
     let (a, b) = (users[2 * c].clone(), users[2 * c + 1].clone());
-    let history_chat = api.chat(&a, &b).await?;
+    let history_chat = f.api.chat(&a, &b).await?;
     let ids = Arc::new(Mutex::new(Vec::with_capacity(plan.history_messages)));
     progress("history: filling the long chat");
     let fill_started = Instant::now();
@@ -496,9 +554,9 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
     // Let the aggregator take in the fill first, so its catching up does
     // not share the CPU with the history phase.
     wait_for_aggregator(
-        &http,
-        &base,
-        sends.ok + ids.len() as u64,
+        http,
+        base,
+        sent + ids.len() as u64,
         Duration::from_secs(300),
     )
     .await;
@@ -517,7 +575,7 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         .await
     };
     let baseline = {
-        let (http, auth) = (http.clone(), a.auth.clone());
+        let (http, auth, chat_list) = (http.clone(), a.auth.clone(), f.chat_list.clone());
         closed_loop(c, plan.phase, move |_, _| {
             let (http, url, auth) = (http.clone(), chat_list.clone(), auth.clone());
             async move { get_ok(&http, url, &auth).await }
@@ -540,12 +598,22 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         json!({}),
     ));
 
+    Ok(ids.len() as u64)
+}
+
+/// Phase 3, once the aggregator has taken in the `written` messages.
+async fn realtime_phase(
+    plan: &Plan,
+    f: &Fixture,
+    written: u64,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let (http, base, users, chats) = (&f.http, &f.base, &f.users, &f.chats);
     // 3. Realtime: send → the other participant's SSE event, at a fixed rate.
     progress("realtime");
     // First let the aggregator drain what phases 1 and 2 wrote, so this
     // measures delivery, not a backlog.
-    let written = sends.ok + ids.len() as u64;
-    let caught_up = wait_for_aggregator(&http, &base, written, Duration::from_secs(120)).await;
+    let caught_up = wait_for_aggregator(http, base, written, Duration::from_secs(120)).await;
     let (s, r) = (users[0].clone(), users[1].clone());
     let chat = chats[0].clone();
     let stream = http
@@ -664,16 +732,6 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
         json!({}),
     ));
 
-    // 6. Memory.
-    let peak = server.peak_rss_mib().unwrap_or(0.0);
-    figures.push(figure(
-        "all-in-one peak RSS (runs 1-3)",
-        peak,
-        "MiB",
-        None,
-        "VmHWM of the chat-backend process".into(),
-        json!({"after_send_phase_mib": rss_after_send}),
-    ));
     Ok(())
 }
 
