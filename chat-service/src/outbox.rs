@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_events::MessageCreated;
+use embedded_db::ReadPool;
 use rusqlite::{params, OptionalExtension};
-use service_kit::sqlite::ReadPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 

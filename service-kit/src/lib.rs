@@ -26,7 +26,6 @@ pub mod metrics;
 pub mod probes;
 pub mod server;
 pub mod shutdown;
-pub mod sqlite;
 pub mod telemetry;
 
 pub use error::ApiError;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use embedded_db::{GroupError, GroupWriter, Migration, ReadError, ReadPool};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
-use service_kit::sqlite::{GroupError, GroupWriter, ReadError, ReadPool};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -21,6 +21,22 @@ use super::{Sink, SinkError};
 use crate::batcher::{Batch, Compared, Progress, Write};
 
 pub const FILE: &str = "realtime.db";
+
+/// `migrations/`, in order.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../../migrations/0001_realtime.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../../migrations/0002_expiry.sql"),
+    },
+    Migration {
+        version: 3,
+        sql: include_str!("../../migrations/0003_batch_progress.sql"),
+    },
+];
 /// Changes kept for resumption; older `Last-Event-ID`s get a fresh snapshot.
 const KEEP_CHANGES: i64 = 200_000;
 /// Live changes buffered for SSE streams; a stream that falls further behind
@@ -156,7 +172,7 @@ impl From<ReadError> for SinkError {
 impl EmbeddedSink {
     pub async fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
-        service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations")).await?;
+        embedded_db::migrate(&path, MIGRATIONS).await?;
         let write = GroupWriter::spawn("realtime.db", &path, GROUP)?;
         let read = ReadPool::open(&path, 4).await?;
         let (changes, _) = broadcast::channel(LIVE_CHANGES);

@@ -1,11 +1,10 @@
 //! The embedded store: SQLite (WAL) in the data directory, through
-//! `rusqlite` (the schema is created with sqlx's migrator, shared with the
-//! other embedded stores).
+//! [`embedded_db`] (the embedded stores' one SQLite layer).
 //!
 //! Writes go through one connection owned by one writer thread, so they are
 //! serialised without SQLite busy errors and the outbox's `seq` order is
 //! commit order. The writer group-commits
-//! ([`service_kit::sqlite::GroupWriter`]): every write queued at that moment
+//! ([`embedded_db::GroupWriter`]): every write queued at that moment
 //! (up to [`GROUP`]) goes into one transaction, with cached prepared
 //! statements, and each is acknowledged after that commit. Reads use a
 //! pool of read-only connections, each query a cached prepared statement
@@ -19,14 +18,20 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use chat_events::TimeUuid;
+use embedded_db::{GroupError, GroupWriter, Migration, ReadError, ReadPool};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use service_kit::sqlite::{GroupError, GroupWriter, ReadError, ReadPool};
 use uuid::Uuid;
 
 use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
 use crate::outbox::OutboxLog;
 
 pub const FILE: &str = "chat.db";
+
+/// `migrations/sqlite`, in order.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sql: include_str!("../../migrations/sqlite/0001_chats.sql"),
+}];
 
 /// Most writes committed in one transaction.
 const GROUP: usize = 256;
@@ -72,7 +77,7 @@ impl SqliteStore {
 
     async fn open_inner(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
-        service_kit::sqlite::migrate(&path, &sqlx::migrate!("./migrations/sqlite")).await?;
+        embedded_db::migrate(&path, MIGRATIONS).await?;
         let write = GroupWriter::spawn("chat.db", &path, GROUP)?;
         let read = ReadPool::open(&path, READERS).await?;
         Ok(Self {

@@ -1,48 +1,83 @@
-//! The embedded stores' SQLite set-up: one file in WAL mode, written through
-//! a single connection (writes are serialised without busy errors, and an
+//! The embedded stores' SQLite layer, through `rusqlite`: one file in WAL
+//! mode, migrated by [`migrate`], written through a single connection
+//! ([`GroupWriter`]: writes are serialised without busy errors, and an
 //! autoincrement column follows commit order), read through a pool of its
-//! own.
+//! own ([`ReadPool`]; [`ReadPool::scan`] for reads of many rows).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
 
-fn options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
-}
-
-async fn open_writer(path: &Path, migrator: &Migrator) -> anyhow::Result<SqlitePool> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let write = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options(path))
-        .await
-        .with_context(|| format!("opening {}", path.display()))?;
-    migrator
-        .run(&write)
-        .await
-        .with_context(|| format!("migrating {}", path.display()))?;
-    Ok(write)
+/// One schema change: `sql` brings a database from `version - 1` to
+/// `version` (versions count from 1, as the files `0001_….sql` do).
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub sql: &'static str,
 }
 
 /// Creates (with its directory) the database at `path` if needed, switches
-/// it to WAL mode and runs `migrator` on it; for stores that then open it
-/// with another driver.
-pub async fn migrate(path: &Path, migrator: &Migrator) -> anyhow::Result<()> {
-    open_writer(path, migrator).await?.close().await;
+/// it to WAL mode and applies the `migrations` it lacks, each in its own
+/// transaction, recording the version in `PRAGMA user_version`. A database
+/// migrated by the sqlx migrator of earlier versions (its
+/// `_sqlx_migrations` table) counts as at that table's newest version. A
+/// database newer than `migrations` is refused.
+pub async fn migrate(path: &Path, migrations: &'static [Migration]) -> anyhow::Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        migrate_now(&path, migrations).with_context(|| format!("migrating {}", path.display()))
+    })
+    .await?
+}
+
+fn migrate_now(path: &Path, migrations: &[Migration]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        mode.eq_ignore_ascii_case("wal"),
+        "journal mode {mode}, not WAL"
+    );
+    let mut current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current == 0 {
+        current = sqlx_version(&conn)?;
+    }
+    let newest = migrations.iter().map(|m| m.version).max().unwrap_or(0);
+    anyhow::ensure!(
+        current <= newest,
+        "the database is at schema version {current}, newer than this build's {newest}"
+    );
+    for m in migrations.iter().filter(|m| m.version > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(m.sql)
+            .with_context(|| format!("migration {}", m.version))?;
+        tx.pragma_update(None, "user_version", m.version)?;
+        tx.commit()?;
+    }
     Ok(())
+}
+
+/// The newest version sqlx's migrator applied, or 0.
+fn sqlx_version(conn: &rusqlite::Connection) -> rusqlite::Result<u32> {
+    let migrated: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+         AND name = '_sqlx_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !migrated {
+        return Ok(0);
+    }
+    let version: Option<u32> = conn.query_row(
+        "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(version.unwrap_or(0))
 }
 
 /// Why a write through a [`GroupWriter`] did not happen.
@@ -278,7 +313,10 @@ mod tests {
         Refused(i64),
     }
 
-    static MIGRATOR: Migrator = sqlx::migrate!("./tests/migrations");
+    const MIGRATIONS: &[Migration] = &[Migration {
+        version: 1,
+        sql: "CREATE TABLE rows (n INTEGER PRIMARY KEY NOT NULL);",
+    }];
 
     /// Writes `n` rows; odd ones are refused after their insert ran.
     fn apply(conn: &rusqlite::Connection, n: i64) -> Result<i64, TestError> {
@@ -293,7 +331,7 @@ mod tests {
     async fn concurrent_writes_share_commits_and_a_refused_one_rolls_back_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");
-        migrate(&path, &MIGRATOR).await.expect("migrate");
+        migrate(&path, MIGRATIONS).await.expect("migrate");
         let writer = GroupWriter::spawn("t.db", &path, 16).expect("writer");
         let outcomes = futures::future::join_all((0..200).map(|n| {
             let writer = writer.clone();
@@ -321,5 +359,59 @@ mod tests {
             .expect("read");
         assert_eq!(rows, (0..200).filter(|n| n % 2 == 0).collect::<Vec<i64>>());
         drop(writer);
+    }
+
+    const TWO: &[Migration] = &[
+        Migration {
+            version: 1,
+            sql: "CREATE TABLE a (x INTEGER);",
+        },
+        Migration {
+            version: 2,
+            sql: "CREATE TABLE b (y INTEGER); INSERT INTO a VALUES (1);",
+        },
+    ];
+
+    fn version(path: &Path) -> u32 {
+        rusqlite::Connection::open(path)
+            .expect("open")
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version")
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested/m.db");
+        migrate(&path, &TWO[..1]).await.expect("first");
+        assert_eq!(version(&path), 1);
+        migrate(&path, TWO).await.expect("second");
+        migrate(&path, TWO).await.expect("again: nothing to do");
+        assert_eq!(version(&path), 2);
+        let rows: i64 = rusqlite::Connection::open(&path)
+            .expect("open")
+            .query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 1, "migration 2 ran exactly once");
+        let err = migrate(&path, &TWO[..1]).await.expect_err("newer database");
+        assert!(format!("{err:#}").contains("newer"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn a_database_sqlx_migrated_continues_from_its_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        rusqlite::Connection::open(&path)
+            .expect("open")
+            .execute_batch(
+                "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT, \
+                 installed_on TIMESTAMP, success BOOLEAN NOT NULL, checksum BLOB, \
+                 execution_time BIGINT);
+                 INSERT INTO _sqlx_migrations (version, description, success) VALUES (1, 'a', 1);
+                 CREATE TABLE a (x INTEGER);",
+            )
+            .expect("an sqlx-migrated database");
+        migrate(&path, TWO).await.expect("continues at 2");
+        assert_eq!(version(&path), 2);
     }
 }
