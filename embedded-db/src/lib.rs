@@ -45,6 +45,9 @@ fn migrate_now(path: &Path, migrations: &[Migration]) -> anyhow::Result<()> {
     let mut current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current == 0 {
         current = sqlx_version(&conn)?;
+        if current > 0 {
+            conn.pragma_update(None, "user_version", current)?;
+        }
     }
     let newest = migrations.iter().map(|m| m.version).max().unwrap_or(0);
     anyhow::ensure!(
@@ -411,6 +414,8 @@ mod tests {
                  CREATE TABLE a (x INTEGER);",
             )
             .expect("an sqlx-migrated database");
+        migrate(&path, &TWO[..1]).await.expect("nothing to apply");
+        assert_eq!(version(&path), 1, "sqlx's version recorded");
         migrate(&path, TWO).await.expect("continues at 2");
         assert_eq!(version(&path), 2);
     }
