@@ -284,13 +284,7 @@ impl ReadPool {
         if let Some(conn) = self.pool.try_get() {
             return Ok(query(&conn)?);
         }
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.get().map_err(|e| ReadError::Pool(e.to_string()))?;
-            Ok(query(&conn)?)
-        })
-        .await
-        .map_err(|e| ReadError::Pool(e.to_string()))?
+        self.scan(query).await
     }
 }
 

@@ -35,6 +35,14 @@ pub fn kafka_source(brokers: &str, group: &str) -> aggregator::source::kafka::Ka
     .expect("source")
 }
 
+/// A broker of its own with the test topic, or `None` (the test skips).
+pub async fn broker_with_topic(partitions: i32) -> Option<(testkit::Broker, String)> {
+    let broker = testkit::Broker::start()?;
+    let brokers = broker.brokers();
+    create_topic(&brokers, partitions).await;
+    Some((broker, brokers))
+}
+
 pub async fn create_topic(brokers: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -12,7 +12,7 @@ use aggregator::source::{Delivery, Source};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::common::{create_topic, producer, publish, Conversation, TOPIC};
+use crate::common::{producer, publish, Conversation, TOPIC};
 
 const GROUP: &str = "offsets-test";
 
@@ -52,11 +52,9 @@ fn connect(brokers: &str) -> KafkaSource {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_written_records_are_committed() {
-    let Some(broker) = testkit::Broker::start() else {
+    let Some((_broker, brokers)) = crate::common::broker_with_topic(1).await else {
         return;
     };
-    let brokers = broker.brokers();
-    create_topic(&brokers, 1).await;
     let kafka = producer(&brokers);
     let mut chat = Conversation::new();
     for i in 0..10 {

@@ -19,7 +19,7 @@ use chat_service::store::sqlite::SqliteStore;
 use chat_service::store::{Chat, Message, MessageStore, Participant};
 use uuid::Uuid;
 
-use crate::common::{self, create_topic, producer, publish, Conversation};
+use crate::common::{self, producer, publish, Conversation};
 
 /// The next record's position (partition, offset), waiting at most 30 s.
 async fn next(source: &mut dyn Source) -> (i32, i64) {
@@ -84,11 +84,9 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_source() {
-    let Some(broker) = testkit::Broker::start() else {
+    let Some((_broker, brokers)) = common::broker_with_topic(1).await else {
         return;
     };
-    let brokers = broker.brokers();
-    create_topic(&brokers, 1).await;
     let kafka = Arc::new(producer(&brokers));
     let chat = Arc::new(std::sync::Mutex::new(Conversation::new()));
     let say = || {
