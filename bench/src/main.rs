@@ -201,14 +201,8 @@ impl Server {
     /// until it listens.
     fn start_with(bin: &Path, data: tempfile::TempDir, args: &[&str]) -> anyhow::Result<Self> {
         let port = testkit::free_port();
-        let child = Command::new(bin)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data.path())
+        let child = testkit::service_command(bin, port, data.path())
             .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

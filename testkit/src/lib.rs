@@ -179,6 +179,25 @@ pub struct Process {
     child: Child,
 }
 
+/// `bin --listen 127.0.0.1:<port> --data-dir <data_dir>`, logging warnings
+/// and above to stderr, stdout discarded: how every test and the bench start
+/// a service binary (add its own flags, then [`Process::spawn`]).
+pub fn service_command(
+    bin: impl AsRef<std::ffi::OsStr>,
+    port: u16,
+    data_dir: &std::path::Path,
+) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    command
+}
+
 impl Process {
     /// Spawns `command` (stdout discarded unless the command says
     /// otherwise, stderr inherited) and, if given, waits for `port`.

@@ -90,25 +90,25 @@ impl Services {
     }
 
     fn start_auth(&self) -> Process {
-        let mut cmd = Command::new(testkit::workspace_binary("auth-service"));
-        cmd.args(["--listen", &format!("127.0.0.1:{}", self.auth_port)])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("auth"))
-            .args(["--database-url", &self.postgres])
+        let mut cmd = testkit::service_command(
+            testkit::workspace_binary("auth-service"),
+            self.auth_port,
+            &self.dir.path().join("auth"),
+        );
+        cmd.args(["--database-url", &self.postgres])
             .args(["--jwt-algorithm", "eddsa"])
             .arg("--firebase-service-account-file")
-            .arg(self.dir.path().join("service-account.json"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
+            .arg(self.dir.path().join("service-account.json"));
         Process::spawn("auth-service", &mut cmd, Some(self.auth_port))
     }
 
     fn start_chat(&self) -> Process {
-        let mut cmd = Command::new(testkit::workspace_binary("chat-service"));
-        cmd.args(["--listen", &format!("127.0.0.1:{}", self.chat_port)])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("chat"))
-            .args(["--log", "kafka", "--kafka-brokers", &self.brokers])
+        let mut cmd = testkit::service_command(
+            testkit::workspace_binary("chat-service"),
+            self.chat_port,
+            &self.dir.path().join("chat"),
+        );
+        cmd.args(["--log", "kafka", "--kafka-brokers", &self.brokers])
             .args(["--kafka-topic", TOPIC, "--kafka-partitions", PARTITIONS])
             // Tansu 0.6 (see the option's docs).
             .args(["--kafka-batch-num-messages", "1"])
@@ -117,9 +117,7 @@ impl Services {
                 "--jwks-url",
                 &format!("{}/.well-known/jwks.json", self.auth()),
             ])
-            .args(["--send-rate-per-sec", "1000", "--send-burst", "1000"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
+            .args(["--send-rate-per-sec", "1000", "--send-burst", "1000"]);
         match std::env::var("TEST_CQL_CONTACT_POINTS") {
             Ok(points) if !points.is_empty() => {
                 eprintln!("distributed test: CQL store at {points}");
@@ -135,11 +133,12 @@ impl Services {
     }
 
     fn start_aggregator(&self) -> Process {
-        let mut cmd = Command::new(testkit::workspace_binary("aggregator"));
-        cmd.args(["--listen", &format!("127.0.0.1:{}", self.aggregator_port)])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("aggregator"))
-            .args(["--source", "kafka", "--sink", "firestore"])
+        let mut cmd = testkit::service_command(
+            testkit::workspace_binary("aggregator"),
+            self.aggregator_port,
+            &self.dir.path().join("aggregator"),
+        );
+        cmd.args(["--source", "kafka", "--sink", "firestore"])
             .args(["--kafka-brokers", &self.brokers, "--kafka-topic", TOPIC])
             .args(["--kafka-group-id", "e2e-aggregator"])
             .args([
@@ -148,9 +147,7 @@ impl Services {
             ])
             .args(["--kafka-stall-timeout-ms", "10000"])
             .args(["--firestore-project-id", &self.project])
-            .args(["--flush-interval-ms", "300"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
+            .args(["--flush-interval-ms", "300"]);
         Process::spawn("aggregator", &mut cmd, Some(self.aggregator_port))
     }
 }

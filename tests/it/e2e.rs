@@ -2,7 +2,6 @@
 //! with a fresh data directory, driven over HTTP as two users; then
 //! restarted on the same data directory.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -21,15 +20,8 @@ impl Server {
     /// [`Self::start`] with extra environment variables.
     fn start_with_env(data: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let port = testkit::free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-backend"));
-        command
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null());
+        let mut command = testkit::service_command(env!("CARGO_BIN_EXE_chat-backend"), port, data);
+        command.envs(env.iter().copied());
         Self {
             process: testkit::Process::spawn("chat-backend", &mut command, Some(port)),
             base: format!("http://127.0.0.1:{port}"),

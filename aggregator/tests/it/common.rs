@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use aggregator::sink::firestore::FsBatch;
@@ -149,7 +148,8 @@ impl AggregatorProcess {
         session_timeout_ms: u64,
     ) -> Self {
         let port = testkit::free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_aggregator"));
+        let mut command =
+            testkit::service_command(env!("CARGO_BIN_EXE_aggregator"), port, data_dir);
         command
             .args(["--source", "kafka", "--sink", "firestore"])
             .args([
@@ -168,13 +168,10 @@ impl AggregatorProcess {
             .args(["--firestore-project-id", project])
             .args(["--flush-interval-ms", &flush_ms.to_string()])
             .args(["--batch-max-count", "40"])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
             // Logs go to stdout: the test's captured output, shown when it
             // fails (group changes are logged at info).
-            .env("RUST_LOG", "warn,aggregator=info");
+            .env("RUST_LOG", "warn,aggregator=info")
+            .stdout(std::process::Stdio::inherit());
         Self {
             process: testkit::Process::spawn("aggregator", &mut command, Some(port)),
             port,
