@@ -34,6 +34,20 @@ pub fn kafka_source(brokers: &str, group: &str) -> aggregator::source::kafka::Ka
     .expect("source")
 }
 
+/// The next record's position (a decodable event), waiting at most 30 s.
+pub async fn next_position(
+    source: &mut dyn aggregator::source::Source,
+) -> aggregator::batcher::Position {
+    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
+        .await
+        .expect("a record arrives")
+        .expect("record");
+    let aggregator::source::Delivery::Event(_, position) = delivery else {
+        panic!("undecodable record")
+    };
+    position
+}
+
 /// A broker of its own with the test topic, or `None` (the test skips).
 pub async fn broker_with_topic(partitions: i32) -> Option<(testkit::Broker, String)> {
     let broker = testkit::Broker::start()?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aggregator::source::kafka::KafkaSource;
-use aggregator::source::{Delivery, Source};
+use aggregator::source::Source;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -34,16 +34,9 @@ fn committed(brokers: &str) -> Option<i64> {
     }
 }
 
-/// The next record's offset (a decodable event), waiting at most 30 s.
+/// The next record's offset.
 async fn next_offset(source: &mut KafkaSource) -> i64 {
-    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
-        .await
-        .expect("a record arrives")
-        .expect("record");
-    let Delivery::Event(_, position) = delivery else {
-        panic!("undecodable record")
-    };
-    position.offset
+    crate::common::next_position(source).await.offset
 }
 
 fn connect(brokers: &str) -> KafkaSource {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aggregator::source::embedded::{EmbeddedSource, PositionFile};
-use aggregator::source::{Delivery, Source};
+use aggregator::source::Source;
 use chat_events::TimeUuidGenerator;
 use chat_service::outbox::OutboxReader;
 use chat_service::store::sqlite::SqliteStore;
@@ -21,15 +21,9 @@ use uuid::Uuid;
 
 use crate::common::{self, producer, publish, Conversation};
 
-/// The next record's position (partition, offset), waiting at most 30 s.
+/// The next record's position (partition, offset).
 async fn next(source: &mut dyn Source) -> (i32, i64) {
-    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
-        .await
-        .expect("a record arrives")
-        .expect("record");
-    let Delivery::Event(_, position) = delivery else {
-        panic!("undecodable record")
-    };
+    let position = common::next_position(source).await;
     (position.partition, position.offset)
 }
 
