@@ -21,6 +21,8 @@ use crate::batcher::Position;
 
 pub const POSITION_FILE: &str = "embedded-source.position";
 const PAGE: i64 = 512;
+/// Least time between two position stores while running.
+const STORE_EVERY: Duration = Duration::from_secs(1);
 
 fn failed(e: impl std::fmt::Display) -> SourceError {
     SourceError::Failed(e.to_string())
@@ -106,6 +108,8 @@ pub struct EmbeddedSource {
     position: PositionFile,
     /// The committed next `seq`.
     committed: i64,
+    /// When the position was last stored.
+    last_store: Option<std::time::Instant>,
     /// Highest `seq` delivered.
     seen: i64,
     buffer: VecDeque<LogEntry>,
@@ -114,6 +118,16 @@ pub struct EmbeddedSource {
 }
 
 impl EmbeddedSource {
+    async fn store(&mut self, uncovered: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
+        let next = uncovered.get(&0).copied().unwrap_or(self.seen + 1);
+        if next > self.committed {
+            self.position.store(next).await.map_err(failed)?;
+            self.committed = next;
+            self.last_store = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
     /// Starts at the committed position. `wake`, when given (chat-service
     /// in the same process), ends a wait for new entries at each send;
     /// otherwise the source polls every `poll`.
@@ -128,6 +142,7 @@ impl EmbeddedSource {
             outbox,
             position,
             committed,
+            last_store: None,
             seen: committed - 1,
             buffer: VecDeque::new(),
             poll,
@@ -163,13 +178,19 @@ impl Source for EmbeddedSource {
         })
     }
 
+    /// Stores the position at most once per [`STORE_EVERY`] (each store
+    /// syncs a file; a position a little behind only means replaying
+    /// entries the batcher drops as duplicates).
     async fn commit(&mut self, uncovered: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
-        let next = uncovered.get(&0).copied().unwrap_or(self.seen + 1);
-        if next > self.committed {
-            self.position.store(next).await.map_err(failed)?;
-            self.committed = next;
+        if self.last_store.is_some_and(|t| t.elapsed() < STORE_EVERY) {
+            return Ok(());
         }
-        Ok(())
+        self.store(uncovered).await
+    }
+
+    /// Stores the position now.
+    async fn close(&mut self, uncovered: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
+        self.store(uncovered).await
     }
 
     async fn lag(&mut self) -> Option<i64> {
