@@ -121,8 +121,14 @@ try {
   failed += 1;
 } finally {
   if (browser) await browser.close();
-  server.kill("SIGTERM");
-  rmSync(data, { recursive: true, force: true });
+  // Wait for the graceful stop: it still writes to the data directory
+  // (final flush, positions) and removing it meanwhile fails.
+  if (server.exitCode === null && server.signalCode === null) {
+    const exited = new Promise((resolve) => server.once("exit", resolve));
+    server.kill("SIGTERM");
+    await exited;
+  }
+  rmSync(data, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
 }
 
 console.log(`${passed} passed, ${failed} failed`);
