@@ -17,14 +17,14 @@ use anyhow::Context;
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
 use chat_service::users::{DirectoryError, UserDirectory};
 use clap::Parser;
-use service_kit::server::Listener;
+use service_kit::probes::Check;
+use service_kit::server::{Listener, Service};
 use service_kit::telemetry::LogFormat;
-use service_kit::ApiError;
 use uuid::Uuid;
 
 /// chat-backend: auth, chat and aggregator in one process, everything
@@ -72,26 +72,16 @@ struct Probes {
 }
 
 async fn readyz(State(p): State<Probes>) -> Response {
-    let checks = [
-        ("users", p.auth.db.ping().await.map_err(|e| e.to_string())),
-        (
+    service_kit::probes::readyz(vec![
+        Check::new("users", p.auth.db.backend(), p.auth.db.ping().await),
+        Check::new(
             "messages",
-            p.chat.store.ping().await.map_err(|e| e.to_string()),
+            p.chat.store.backend(),
+            p.chat.store.ping().await,
         ),
-        ("log", p.chat.log.ping().await.map_err(|e| e.to_string())),
-        ("realtime", p.sink.ping().await.map_err(|e| e.to_string())),
-    ];
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|(_, r)| r.is_err())
-        .map(|(n, _)| *n)
-        .collect();
-    if failed.is_empty() {
-        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
-    } else {
-        tracing::warn!(?checks, "readiness check failed");
-        ApiError::unavailable(format!("unavailable: {}", failed.join(", "))).into_response()
-    }
+        Check::new("log", p.chat.log.backend(), p.chat.log.ping().await),
+        Check::new("realtime", p.sink.backend(), p.sink.ping().await),
+    ])
 }
 
 const INDEX: &str = include_str!("../web/index.html");
@@ -137,8 +127,9 @@ impl App {
             chat: chat.clone(),
             sink: parts.sink.clone(),
         };
-        let router = auth_service::routes::api(auth)
-            .merge(chat_service::routes::api(chat))
+        let router = auth
+            .api()
+            .merge(chat.api())
             .merge(streams)
             .merge(service_kit::probes::router(get(readyz)).with_state(probes))
             .route(

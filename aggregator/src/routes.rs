@@ -19,6 +19,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use service_kit::probes::Check;
 use service_kit::{ApiError, Path};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
@@ -44,22 +45,11 @@ pub fn probes(state: ProbeState) -> Router {
 /// Ready when the sink answers and the source can deliver: a Kafka member
 /// without partitions (joining, rebalancing, or a spare replica) is not.
 async fn readyz(State(state): State<ProbeState>) -> Response {
-    if let Err(why) = state.source.check() {
-        return ApiError::unavailable(format!("source {}: {why}", state.source.backend()))
-            .into_response();
-    }
-    match state.sink.ping().await {
-        Ok(()) => axum::Json(serde_json::json!({
-            "status": "ready",
-            "source": state.source.backend(),
-            "sink": state.sink.backend(),
-        }))
-        .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            ApiError::unavailable("sink unreachable").into_response()
-        }
-    }
+    let source = state.source.check();
+    service_kit::probes::readyz(vec![
+        Check::new("source", state.source.backend(), source),
+        Check::new("sink", state.sink.backend(), state.sink.ping().await),
+    ])
 }
 
 #[derive(Clone)]

@@ -105,7 +105,11 @@ impl Components {
         };
         let streams = match (embedded.clone(), chat_db) {
             (Some(store), Some(chats)) => {
-                let verifier = verifier(config)?;
+                // The configured key, or else the HS256 secret auth-service
+                // keeps in the shared data directory (embedded mode).
+                let verifier = config
+                    .auth
+                    .build_or_shared_secret(&config.data_dir, reqwest::Client::new())?;
                 Some(streams(StreamState {
                     feed: store.feed(),
                     chats,
@@ -167,16 +171,4 @@ impl App {
         }
         result.context("pipeline")
     }
-}
-
-/// The token verifier for SSE: the configured key, or the HS256 secret
-/// auth-service keeps in the shared data directory (embedded mode).
-fn verifier(config: &Config) -> anyhow::Result<auth_validator::Verifier> {
-    Ok(config
-        .auth
-        .build_or_shared_secret(&config.data_dir, reqwest_client())?)
-}
-
-fn reqwest_client() -> reqwest::Client {
-    reqwest::Client::new()
 }

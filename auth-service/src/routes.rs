@@ -28,12 +28,6 @@ use crate::AppState;
 pub const DEFAULT_SEARCH_LIMIT: i64 = 20;
 pub const MAX_SEARCH_LIMIT: i64 = 100;
 
-/// Every route of the service, without the shared middleware (see
-/// [`crate::startup`]), so an embedding binary can mount it.
-pub fn router(state: AppState) -> Router {
-    api(state.clone()).merge(probes(state))
-}
-
 /// The API routes alone (no probes, metrics or OpenAPI), for embedding.
 pub fn api(state: AppState) -> Router {
     Router::new()
@@ -46,11 +40,6 @@ pub fn api(state: AppState) -> Router {
         .route("/token/firebase", post(firebase_token))
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
-}
-
-/// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
-pub fn probes(state: AppState) -> Router {
-    service_kit::probes::with_openapi::<ApiDoc, _>(get(readyz)).with_state(state)
 }
 
 #[derive(OpenApi)]
@@ -70,7 +59,7 @@ pub fn probes(state: AppState) -> Router {
         user_by_id,
         jwks,
         service_kit::probes::healthz,
-        readyz
+        service_kit::probes::readyz
     ),
     components(schemas(
         RegisterRequest,
@@ -522,22 +511,6 @@ async fn jwks(State(state): State<AppState>) -> Response {
             .into_response(),
         None => {
             ApiError::not_found("tokens are signed with a shared secret; no JWKS").into_response()
-        }
-    }
-}
-
-/// Readiness: the database answers.
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, body = ErrorBody)))]
-async fn readyz(State(state): State<AppState>) -> Response {
-    match state.db.ping().await {
-        Ok(()) => axum::Json(serde_json::json!({
-            "status": "ready",
-            "database": state.db.backend(),
-        }))
-        .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            ApiError::unavailable("database unreachable").into_response()
         }
     }
 }

@@ -10,6 +10,7 @@ use axum::extract::FromRef;
 use axum::http::HeaderName;
 use axum::Router;
 use secrecy::ExposeSecret;
+use service_kit::probes::Check;
 
 use crate::firebase::FirebaseTokens;
 use crate::limiter::FailureLimiter;
@@ -99,18 +100,24 @@ impl service_kit::server::ServiceConfig for Config {
 
 impl service_kit::server::Service for AppState {
     type Config = Config;
+    type Doc = crate::routes::ApiDoc;
     const NAME: &'static str = "auth-service";
+    const METRIC: &'static str = "auth";
 
     async fn from_config(config: &Config) -> anyhow::Result<Self> {
         AppState::build(config).await
     }
 
-    fn router(&self) -> Router {
-        service_kit::layers::apply(
-            crate::routes::router(self.clone()),
-            "auth",
-            Default::default(),
-        )
+    fn api(&self) -> Router {
+        crate::routes::api(self.clone())
+    }
+
+    async fn checks(&self) -> Vec<Check> {
+        vec![Check::new(
+            "database",
+            self.db.backend(),
+            self.db.ping().await,
+        )]
     }
 
     /// Closes the database pool.

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -186,7 +186,7 @@ where
 }
 
 struct Server {
-    child: Child,
+    process: testkit::Process,
     base: String,
     _data: tempfile::TempDir,
 }
@@ -201,14 +201,11 @@ impl Server {
     /// until it listens.
     fn start_with(bin: &Path, data: tempfile::TempDir, args: &[&str]) -> anyhow::Result<Self> {
         let port = testkit::free_port();
-        let child = testkit::service_command(bin, port, data.path())
-            .args(args)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        testkit::wait_for_port(port, Duration::from_secs(30));
+        let mut command = testkit::service_command(bin, port, data.path());
+        command.args(args).stderr(Stdio::inherit());
+        let name = bin.display().to_string();
         Ok(Self {
-            child,
+            process: testkit::Process::spawn(&name, &mut command, Some(port)),
             base: format!("http://127.0.0.1:{port}"),
             _data: data,
         })
@@ -219,27 +216,16 @@ impl Server {
     }
 
     /// Stops it with SIGTERM (a graceful shutdown) and waits for it.
-    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "cannot signal {}", self.child.id());
-        Ok(self.child.wait()?)
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.process.stop()
     }
 
     /// Peak resident set size so far (VmHWM), MiB.
     fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,13 +3,13 @@
 use auth_validator::AuthUser;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+
 use axum::routing::{get, post};
 use axum::Router;
 use chat_events::TimeUuid;
 use serde::{Deserialize, Serialize};
 use service_kit::error::{ErrorBody, ErrorDetail};
-use service_kit::{ApiError, Json, Path, Query};
+use service_kit::{Json, Path, Query};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
@@ -18,10 +18,6 @@ use crate::error::{Error, Result};
 use crate::store::{ChatSummary, Inserted, Message, Participant};
 use crate::AppState;
 
-pub fn router(state: AppState) -> Router {
-    api(state.clone()).merge(probes(state))
-}
-
 /// The API routes alone (no probes, metrics or OpenAPI), for embedding.
 pub fn api(state: AppState) -> Router {
     Router::new()
@@ -29,11 +25,6 @@ pub fn api(state: AppState) -> Router {
         .route("/chat/{id}", get(history))
         .route("/chat/{id}/messages", post(send))
         .with_state(state)
-}
-
-/// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
-pub fn probes(state: AppState) -> Router {
-    service_kit::probes::with_openapi::<ApiDoc, _>(get(readyz)).with_state(state)
 }
 
 #[derive(OpenApi)]
@@ -48,7 +39,7 @@ pub fn probes(state: AppState) -> Router {
         send,
         history,
         service_kit::probes::healthz,
-        readyz
+        service_kit::probes::readyz
     ),
     components(schemas(
         StartChat,
@@ -285,23 +276,4 @@ async fn history(
         has_more,
         next_time,
     }))
-}
-
-/// Readiness: the store and the log answer.
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
-async fn readyz(State(state): State<AppState>) -> Response {
-    let store = state.store.ping().await;
-    let log = state.log.ping().await;
-    match (store, log) {
-        (Ok(()), Ok(())) => axum::Json(serde_json::json!({
-            "status": "ready",
-            "store": state.store.backend(),
-            "log": state.log.backend(),
-        }))
-        .into_response(),
-        (store, log) => {
-            tracing::warn!(?store, ?log, "readiness check failed");
-            ApiError::unavailable("a backend is unreachable").into_response()
-        }
-    }
 }

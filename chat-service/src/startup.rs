@@ -11,6 +11,7 @@ use axum::Router;
 use governor::Quota;
 #[cfg(feature = "cql")]
 use secrecy::ExposeSecret;
+use service_kit::probes::Check;
 
 use crate::config::{LogKind, StoreKind};
 #[cfg(feature = "kafka")]
@@ -45,12 +46,6 @@ impl FromRef<AppState> for Verifier {
     }
 }
 
-/// The token verifier: the configured key, or else the HS256 secret that
-/// auth-service generated in the shared data directory (embedded mode).
-pub fn verifier(config: &Config, http: reqwest::Client) -> anyhow::Result<Verifier> {
-    Ok(config.auth.build_or_shared_secret(&config.data_dir, http)?)
-}
-
 impl AppState {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         Self::build_with(config, None).await
@@ -65,7 +60,11 @@ impl AppState {
         config.validate()?;
         service_kit::metrics::handle();
         let http = reqwest::Client::new();
-        let verifier = verifier(config, http.clone())?;
+        // The configured key, or else the HS256 secret auth-service keeps
+        // in the shared data directory (embedded mode).
+        let verifier = config
+            .auth
+            .build_or_shared_secret(&config.data_dir, http.clone())?;
         // The embedded log is the embedded store's outbox: they come as a pair.
         let mut outbox: Option<OutboxLog> = None;
         let store: Arc<dyn MessageStore> = match config.store.kind {
@@ -145,18 +144,23 @@ impl service_kit::server::ServiceConfig for Config {
 
 impl service_kit::server::Service for AppState {
     type Config = Config;
+    type Doc = crate::routes::ApiDoc;
     const NAME: &'static str = "chat-service";
+    const METRIC: &'static str = "chat";
 
     async fn from_config(config: &Config) -> anyhow::Result<Self> {
         AppState::build(config).await
     }
 
-    fn router(&self) -> Router {
-        service_kit::layers::apply(
-            crate::routes::router(self.clone()),
-            "chat",
-            Default::default(),
-        )
+    fn api(&self) -> Router {
+        crate::routes::api(self.clone())
+    }
+
+    async fn checks(&self) -> Vec<Check> {
+        vec![
+            Check::new("store", self.store.backend(), self.store.ping().await),
+            Check::new("log", self.log.backend(), self.log.ping().await),
+        ]
     }
 
     /// Forgets idle users' rate-limit state now and then, so memory is

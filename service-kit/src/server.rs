@@ -4,8 +4,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
+
+use crate::{layers, probes};
 
 /// A bound listener (port 0 picks a free port, which [`Listener::local_addr`]
 /// then reports).
@@ -48,17 +51,36 @@ pub trait ServiceConfig: Send + Sync {
 }
 
 /// What a service is to [`App`]: a state built from its configuration that
-/// serves its router on a bound listener.
-pub trait Service: Sized + Send + Sync + 'static {
+/// serves its API, the probes and its OpenAPI document on a bound listener.
+pub trait Service: Clone + Send + Sync + 'static {
     type Config: ServiceConfig;
+    /// The OpenAPI document of [`Service::api`].
+    type Doc: utoipa::OpenApi + 'static;
     /// Its name in logs.
     const NAME: &'static str;
+    /// Its `service` label in metrics.
+    const METRIC: &'static str;
 
     /// The state, with every backend connected.
     fn from_config(config: &Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
 
-    /// Every route, with the middleware.
-    fn router(&self) -> Router;
+    /// The API routes alone (no probes, no middleware), for embedding.
+    fn api(&self) -> Router;
+
+    /// What `/readyz` asks: each backend the service needs.
+    fn checks(&self) -> impl Future<Output = Vec<probes::Check>> + Send;
+
+    /// Every route ([`Service::api`], `/healthz`, `/readyz`, `/metrics`,
+    /// `/openapi.json`) with the middleware.
+    fn router(&self) -> Router {
+        let state = self.clone();
+        let readyz = get(move || {
+            let state = state.clone();
+            async move { probes::readyz(state.checks().await) }
+        });
+        let probes = probes::with_openapi::<Self::Doc, ()>(readyz);
+        layers::apply(self.api().merge(probes), Self::METRIC, Default::default())
+    }
 
     /// Tasks that run while the service serves (housekeeping), aborted when
     /// it stops.

@@ -226,8 +226,13 @@ impl Process {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, and the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (a graceful shutdown), and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -437,4 +442,18 @@ impl Drop for InProcess {
             let _ = stop.send(());
         }
     }
+}
+
+/// Asserts `response` has `status` and the JSON error body
+/// `{"error": {"code", "message"}}`; returns the code.
+pub async fn error_code(response: reqwest::Response, status: reqwest::StatusCode) -> String {
+    let actual = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(actual, status, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("JSON error body");
+    assert!(body["error"]["message"].is_string(), "{text}");
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned()
 }

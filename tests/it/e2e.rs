@@ -29,7 +29,7 @@ impl Server {
     }
 
     /// SIGTERM and wait: a graceful stop.
-    fn stop(self) {
+    fn stop(mut self) {
         let status = self.process.stop();
         assert!(status.success(), "chat-backend exited with {status}");
     }

@@ -198,7 +198,7 @@ impl AggregatorProcess {
     }
 
     /// SIGTERM, and the exit status.
-    pub fn stop(self) -> std::process::ExitStatus {
+    pub fn stop(mut self) -> std::process::ExitStatus {
         self.process.stop()
     }
 

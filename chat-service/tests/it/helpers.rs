@@ -128,16 +128,6 @@ impl Stack {
     }
 }
 
-/// Asserts status and the JSON error shape; returns the error code.
-pub async fn error_code(response: Response, status: StatusCode) -> String {
-    let actual = response.status();
-    let text = response.text().await.expect("body");
-    assert_eq!(actual, status, "{text}");
-    let body: Value = serde_json::from_str(&text).expect("JSON error body");
-    body["error"]["code"]
-        .as_str()
-        .expect("error.code")
-        .to_owned()
-}
+pub use testkit::error_code;
 
 pub use testkit::Broker;
