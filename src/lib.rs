@@ -134,11 +134,11 @@ impl App {
             .merge(service_kit::probes::router(get(readyz)).with_state(probes))
             .route(
                 "/openapi/auth.json",
-                get(|| async { axum::Json(auth_service::routes::openapi_doc()) }),
+                get(service_kit::probes::openapi::<auth_service::routes::ApiDoc>),
             )
             .route(
                 "/openapi/chat.json",
-                get(|| async { axum::Json(chat_service::routes::openapi_doc()) }),
+                get(service_kit::probes::openapi::<chat_service::routes::ApiDoc>),
             )
             .route(
                 "/",

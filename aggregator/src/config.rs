@@ -160,23 +160,12 @@ impl Config {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_command_line_is_well_formed() {
-        use clap::CommandFactory;
-        super::Config::command().debug_assert();
-    }
-
-    #[test]
-    fn limits_are_positive_by_type() {
-        use clap::Parser;
-        for flag in [
+    fn the_command_line_is_well_formed_and_limits_positive_by_type() {
+        service_kit::config::assert_well_formed::<super::Config>(&[
             "--batch-max-count",
             "--flush-interval-ms",
             "--embedded-poll-ms",
-        ] {
-            let err = super::Config::try_parse_from(["aggregator", flag, "0"])
-                .expect_err("zero is refused while parsing");
-            assert!(err.to_string().contains(flag), "{err}");
-        }
+        ]);
     }
 
     #[test]

@@ -27,4 +27,4 @@ pub mod store;
 pub mod tokens;
 
 pub use config::Config;
-pub use startup::{App, AppState};
+pub use startup::AppState;

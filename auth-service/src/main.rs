@@ -8,9 +8,5 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = auth_service::Config::parse();
-    service_kit::telemetry::init(config.log_format);
-    let app = auth_service::App::build(config).await?;
-    tracing::info!(addr = %app.local_addr(), "auth-service listening");
-    app.run_until_stopped(service_kit::shutdown::signal()).await
+    service_kit::server::main::<auth_service::AppState>(auth_service::Config::parse()).await
 }

@@ -76,11 +76,6 @@ pub fn api(state: AppState) -> Router {
 )]
 pub struct ApiDoc;
 
-/// The service's OpenAPI document.
-pub fn openapi_doc() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
-
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// 3–32 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit; unique

@@ -1,6 +1,5 @@
 //! Wiring: state from config, the router with its middleware, the server.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,15 +85,6 @@ impl AppState {
             client_ip_header,
             firebase,
         })
-    }
-}
-
-/// A bound, ready-to-run auth-service.
-pub type App = service_kit::server::App<AppState>;
-
-impl service_kit::server::ServiceConfig for Config {
-    fn listen(&self) -> SocketAddr {
-        self.listen
     }
 }
 

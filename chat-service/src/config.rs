@@ -175,29 +175,29 @@ impl Config {
     }
 }
 
+impl service_kit::server::ServiceConfig for Config {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn log_format(&self) -> service_kit::telemetry::LogFormat {
+        self.log_format
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_command_line_is_well_formed() {
-        use clap::CommandFactory;
-        Config::command().debug_assert();
-    }
-
-    #[test]
-    fn limits_are_positive_by_type() {
-        for flag in [
+    fn the_command_line_is_well_formed_and_limits_positive_by_type() {
+        service_kit::config::assert_well_formed::<super::Config>(&[
             "--send-rate-per-sec",
             "--send-burst",
             "--kafka-partitions",
             "--cql-bucket-hours",
             "--kafka-batch-num-messages",
-        ] {
-            let err = Config::try_parse_from(["chat-service", flag, "0"])
-                .expect_err("zero is refused while parsing");
-            assert!(err.to_string().contains(flag), "{err}");
-        }
+        ]);
     }
 
     #[test]

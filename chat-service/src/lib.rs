@@ -25,4 +25,4 @@ pub mod store;
 pub mod users;
 
 pub use config::Config;
-pub use startup::{App, AppState};
+pub use startup::AppState;

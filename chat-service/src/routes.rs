@@ -55,11 +55,6 @@ pub fn api(state: AppState) -> Router {
 )]
 pub struct ApiDoc;
 
-/// The service's OpenAPI document.
-pub fn openapi_doc() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
-
 #[derive(Deserialize, ToSchema)]
 pub struct StartChat {
     /// The other participant.

@@ -1,6 +1,5 @@
 //! Wiring: backends from config, the router with its middleware, the server.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,15 +129,6 @@ impl AppState {
             verifier,
             outbox_wake,
         })
-    }
-}
-
-/// A bound, ready-to-run chat-service.
-pub type App = service_kit::server::App<AppState>;
-
-impl service_kit::server::ServiceConfig for Config {
-    fn listen(&self) -> SocketAddr {
-        self.listen
     }
 }
 

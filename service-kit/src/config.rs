@@ -31,6 +31,26 @@ pub fn not_built(choice: &str, feature: &str) -> String {
     )
 }
 
+/// For each configuration's unit tests: `T`'s command line is well formed
+/// (clap's own checks) and each of `positive` refuses `0` while parsing, so
+/// the limit it sets needs no later check.
+///
+/// # Panics
+///
+/// When either does not hold.
+pub fn assert_well_formed<T: CommandFactory>(positive: &[&str]) {
+    let command = T::command();
+    command.clone().debug_assert();
+    let name = command.get_name().to_owned();
+    for flag in positive {
+        let err = command
+            .clone()
+            .try_get_matches_from([name.as_str(), flag, "0"])
+            .expect_err("zero is refused while parsing");
+        assert!(err.to_string().contains(flag), "{flag}: {err}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

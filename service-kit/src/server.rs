@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::telemetry::LogFormat;
 use crate::{layers, probes};
 
 /// A bound listener (port 0 picks a free port, which [`Listener::local_addr`]
@@ -48,6 +49,17 @@ impl Listener {
 pub trait ServiceConfig: Send + Sync {
     /// Where to listen.
     fn listen(&self) -> SocketAddr;
+    /// How to log.
+    fn log_format(&self) -> LogFormat;
+}
+
+/// A service binary's `main`: logging as configured, build, bind, serve
+/// until SIGTERM or Ctrl-C, then stop gracefully.
+pub async fn main<S: Service>(config: S::Config) -> anyhow::Result<()> {
+    crate::telemetry::init(config.log_format());
+    let app = App::<S>::build(config).await?;
+    tracing::info!(addr = %app.local_addr(), "{} listening", S::NAME);
+    app.run_until_stopped(crate::shutdown::signal()).await
 }
 
 /// What a service is to [`App`]: a state built from its configuration that
