@@ -20,12 +20,12 @@ use axum::http::header;
 use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
+use chat_events::UserId;
 use chat_service::users::{DirectoryError, UserDirectory};
 use clap::Parser;
 use service_kit::probes::Check;
 use service_kit::server::{Listener, Service};
 use service_kit::telemetry::LogFormat;
-use uuid::Uuid;
 
 /// chat-backend: auth, chat and aggregator in one process, everything
 /// embedded (nothing else to install). Run the per-service binaries
@@ -55,9 +55,9 @@ struct LocalUsers(auth_service::store::Db);
 
 #[async_trait]
 impl UserDirectory for LocalUsers {
-    async fn username(&self, id: Uuid, _bearer: &str) -> Result<Option<String>, DirectoryError> {
+    async fn username(&self, id: UserId, _bearer: &str) -> Result<Option<String>, DirectoryError> {
         self.0
-            .user_by_id(id)
+            .user_by_id(id.uuid())
             .await
             .map(|u| u.map(|u| u.username))
             .map_err(|e| DirectoryError::Unavailable(e.to_string()))

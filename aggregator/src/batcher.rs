@@ -291,7 +291,7 @@ impl Batcher {
     /// Applies one message at `position`. The chat must be known.
     pub fn apply(&mut self, event: &MessageCreated, position: Position) -> Applied {
         let limits = self.limits;
-        let state = self.chats.entry(event.chat_id).or_default();
+        let state = self.chats.entry(event.chat_id.uuid()).or_default();
         let message = BatchMessage {
             id: event.id,
             text: event.text.clone(),
@@ -308,7 +308,7 @@ impl Batcher {
         }
         let fits = state.current.as_ref().is_some_and(|b| {
             !b.closed
-                && b.sender_id == event.sender_id
+                && b.sender_id == event.sender_id.uuid()
                 && gap(b.last().sent_at, message.sent_at) <= limits.max_gap
                 && b.count() < limits.max_count
                 && b.bytes() + message.bytes() <= limits.max_bytes
@@ -334,11 +334,11 @@ impl Batcher {
         state.pending.push(position);
         state.summary_due = true;
         let batch = Batch {
-            chat_id: event.chat_id,
+            chat_id: event.chat_id.uuid(),
             batch_id: event.id,
             seq,
             participants: participants(event),
-            sender_id: event.sender_id,
+            sender_id: event.sender_id.uuid(),
             closed: limits.max_count <= 1,
             messages: vec![message],
             last_position: position,
@@ -467,7 +467,7 @@ fn gap(earlier: OffsetDateTime, later: OffsetDateTime) -> Duration {
 }
 
 fn participants(event: &MessageCreated) -> [Uuid; 2] {
-    let (a, b) = (event.sender_id, event.recipient_id);
+    let (a, b) = (event.sender_id.uuid(), event.recipient_id.uuid());
     if a <= b {
         [a, b]
     } else {
@@ -478,7 +478,7 @@ fn participants(event: &MessageCreated) -> [Uuid; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_events::TimeUuidGenerator;
+    use chat_events::{ChatId, TimeUuidGenerator, UserId};
     use proptest::prelude::*;
 
     #[test]
@@ -501,7 +501,7 @@ mod tests {
 
     struct Chat {
         id: Uuid,
-        users: [Uuid; 2],
+        users: [UserId; 2],
         ids: TimeUuidGenerator,
         start: OffsetDateTime,
         offset: i64,
@@ -509,9 +509,9 @@ mod tests {
 
     impl Chat {
         fn new() -> Self {
-            let users = [Uuid::new_v4(), Uuid::new_v4()];
+            let users = [UserId::from(Uuid::new_v4()), Uuid::new_v4().into()];
             Self {
-                id: chat_events::chat_id(users[0], users[1]),
+                id: chat_events::chat_id(users[0], users[1]).uuid(),
                 users,
                 ids: TimeUuidGenerator::new(),
                 start: OffsetDateTime::now_utc(),
@@ -526,7 +526,7 @@ mod tests {
                 v: 1,
                 kind: "message.created".into(),
                 id: self.ids.next().uuid(),
-                chat_id: self.id,
+                chat_id: ChatId::from_uuid(self.id),
                 sender_id: self.users[who],
                 recipient_id: self.users[1 - who],
                 text: text.into(),
@@ -912,7 +912,7 @@ mod tests {
             for (i, batch) in batches.iter().enumerate() {
                 prop_assert_eq!(batch.seq, i as u64 + 1);
                 prop_assert_eq!(batch.batch_id, batch.first().id);
-                let senders: std::collections::HashSet<Uuid> = batch.messages.iter().map(|m| sent.iter().find(|e| e.id == m.id).map(|e| e.sender_id).unwrap_or_default()).collect();
+                let senders: std::collections::HashSet<Option<UserId>> = batch.messages.iter().map(|m| sent.iter().find(|e| e.id == m.id).map(|e| e.sender_id)).collect();
                 prop_assert_eq!(senders.len(), 1, "one sender per batch");
                 prop_assert!(batch.count() <= limits.max_count);
                 prop_assert!(batch.bytes() <= limits.max_bytes);

@@ -145,14 +145,12 @@ impl Pipeline {
         self.counts
             .messages
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !self.batcher.knows(event.chat_id) {
+        let chat = event.chat_id.uuid();
+        if !self.batcher.knows(chat) {
             let newest = self
-                .retry(|sink| {
-                    let chat = event.chat_id;
-                    async move { sink.newest_batch(chat).await }
-                })
+                .retry(|sink| async move { sink.newest_batch(chat).await })
                 .await?;
-            self.batcher.restore(event.chat_id, newest);
+            self.batcher.restore(chat, newest);
         }
         match self.batcher.apply(&event, position) {
             Applied::Duplicate => {
@@ -161,8 +159,8 @@ impl Pipeline {
             Applied::Appended => {}
             Applied::Started => {
                 metrics::counter!("aggregator_batches_started_total").increment(1);
-                if !urgent.contains(&event.chat_id) {
-                    urgent.push(event.chat_id);
+                if !urgent.contains(&chat) {
+                    urgent.push(chat);
                 }
             }
         }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chat_events::{MessageCreated, TimeUuidGenerator};
+use chat_events::{ChatId, MessageCreated, TimeUuidGenerator, UserId};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -96,7 +96,7 @@ async fn produce(brokers: &str, load: &Load) -> anyhow::Result<HashMap<Uuid, usi
         .collect();
     let mut expected = HashMap::new();
     for e in &events {
-        *expected.entry(e.chat_id).or_insert(0) += 1;
+        *expected.entry(e.chat_id.uuid()).or_insert(0) += 1;
     }
     let delivered = futures::stream::iter(events)
         .map(|event| {
@@ -128,8 +128,8 @@ async fn produce(brokers: &str, load: &Load) -> anyhow::Result<HashMap<Uuid, usi
 /// One conversation of the mix: turns of 1-20 messages 0.1-0.6 s apart,
 /// 2-30 s between turns, alternating senders.
 struct Chat {
-    id: Uuid,
-    users: [Uuid; 2],
+    id: ChatId,
+    users: [UserId; 2],
     clock: OffsetDateTime,
     speaker: usize,
     left_in_turn: u32,
@@ -137,7 +137,7 @@ struct Chat {
 
 impl Chat {
     fn new(start: OffsetDateTime, rng: &mut impl Rng) -> Self {
-        let users = [Uuid::new_v4(), Uuid::new_v4()];
+        let users = [UserId::from(Uuid::new_v4()), Uuid::new_v4().into()];
         Self {
             id: chat_events::chat_id(users[0], users[1]),
             users,

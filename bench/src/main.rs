@@ -775,8 +775,12 @@ fn firestore_cost(plan: &Plan, flush: Duration) -> Figure {
     let (mut messages, mut documents) = (0u64, 0u64);
     let mut max_per_doc_per_sec = 0u32;
     for _ in 0..plan.conversations {
-        let users = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
-        let chat = chat_events::chat_id(users[0], users[1]);
+        let users = [
+            chat_events::UserId::from(uuid::Uuid::new_v4()),
+            uuid::Uuid::new_v4().into(),
+        ];
+        let chat_id = chat_events::chat_id(users[0], users[1]);
+        let chat = chat_id.uuid();
         let mut b = Batcher::new(limits);
         b.restore(chat, None);
         let mut clock = Duration::ZERO;
@@ -815,7 +819,7 @@ fn firestore_cost(plan: &Plan, flush: Duration) -> Figure {
                     v: 1,
                     kind: "message.created".into(),
                     id: ids.next().uuid(),
-                    chat_id: chat,
+                    chat_id,
                     sender_id: users[who],
                     recipient_id: users[1 - who],
                     text: TEXT.into(),

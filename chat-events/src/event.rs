@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::{ChatId, UserId};
+
 pub const VERSION: u32 = 1;
 pub const TYPE: &str = "message.created";
 
@@ -26,9 +28,9 @@ pub struct MessageCreated {
     #[serde(rename = "type")]
     pub kind: String,
     pub id: Uuid,
-    pub chat_id: Uuid,
-    pub sender_id: Uuid,
-    pub recipient_id: Uuid,
+    pub chat_id: ChatId,
+    pub sender_id: UserId,
+    pub recipient_id: UserId,
     pub text: String,
     #[serde(with = "time::serde::rfc3339")]
     pub sent_at: OffsetDateTime,
@@ -79,9 +81,9 @@ mod tests {
             v: VERSION,
             kind: TYPE.into(),
             id: id.uuid(),
-            chat_id: Uuid::new_v4(),
-            sender_id: Uuid::new_v4(),
-            recipient_id: Uuid::new_v4(),
+            chat_id: Uuid::new_v4().into(),
+            sender_id: Uuid::new_v4().into(),
+            recipient_id: Uuid::new_v4().into(),
             text: "hello \"world\"".into(),
             sent_at: id.datetime(),
             client_message_id: Some("c-1".into()),

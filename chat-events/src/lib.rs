@@ -2,6 +2,7 @@
 //!
 //! - [`timeuuid`]: version-1 TimeUUID message ids (Cassandra's `timeuuid`),
 //!   unique across processes and monotonic within one;
+//! - [`ChatId`], [`UserId`]: typed ids;
 //! - [`chat_id`]: the chat id derived from the pair of participants;
 //! - [`event`]: the `message.created` event on the log (Kafka or embedded),
 //!   its JSON form and its decoding;
@@ -9,9 +10,11 @@
 //!   chat-service (which produces it) and the aggregator (which consumes it).
 
 pub mod event;
+pub mod ids;
 pub mod timeuuid;
 
 pub use event::{EventError, MessageCreated};
+pub use ids::{ChatId, UserId};
 pub use timeuuid::{TimeUuid, TimeUuidGenerator};
 
 use uuid::Uuid;
@@ -33,12 +36,12 @@ pub struct KafkaTopic {
 const CHAT_NAMESPACE: Uuid = Uuid::from_u128(0x3c1e_62a4_8f0b_4d5e_9a47_1b2f_6c0d_e915);
 
 /// The chat between `a` and `b`: the same whichever of them asks.
-pub fn chat_id(a: Uuid, b: Uuid) -> Uuid {
+pub fn chat_id(a: UserId, b: UserId) -> ChatId {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     let mut name = [0u8; 32];
-    name[..16].copy_from_slice(lo.as_bytes());
-    name[16..].copy_from_slice(hi.as_bytes());
-    Uuid::new_v5(&CHAT_NAMESPACE, &name)
+    name[..16].copy_from_slice(lo.uuid().as_bytes());
+    name[16..].copy_from_slice(hi.uuid().as_bytes());
+    ChatId::from_uuid(Uuid::new_v5(&CHAT_NAMESPACE, &name))
 }
 
 #[cfg(test)]
@@ -47,9 +50,9 @@ mod tests {
 
     #[test]
     fn chat_ids_ignore_the_order_of_participants() {
-        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let [a, b, c] = [(); 3].map(|_| UserId::from(Uuid::new_v4()));
         assert_eq!(chat_id(a, b), chat_id(b, a));
         assert_ne!(chat_id(a, b), chat_id(a, c));
-        assert_eq!(chat_id(a, b).get_version_num(), 5);
+        assert_eq!(chat_id(a, b).uuid().get_version_num(), 5);
     }
 }

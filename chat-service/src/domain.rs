@@ -31,6 +31,15 @@ impl MessageText {
         Ok(Self(raw))
     }
 
+    /// Text read back from a store, which holds only parsed text.
+    pub fn stored(text: String) -> Self {
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn into_inner(self) -> String {
         self.0
     }
@@ -49,6 +58,15 @@ impl ClientMessageId {
             return Err("client_message_id must be printable ASCII without spaces");
         }
         Ok(Self(raw))
+    }
+
+    /// A key read back from a store, which holds only parsed keys.
+    pub fn stored(key: String) -> Self {
+        Self(key)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     pub fn into_inner(self) -> String {

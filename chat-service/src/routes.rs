@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 
 use axum::routing::{get, post};
 use axum::Router;
-use chat_events::TimeUuid;
+use chat_events::{TimeUuid, UserId};
 use serde::{Deserialize, Serialize};
 use service_kit::error::{ErrorBody, ErrorDetail};
 use service_kit::{Json, Path, Query};
@@ -138,15 +138,15 @@ fn rfc3339_millis(ms: i64) -> String {
 
 fn user_out(p: &Participant) -> UserOut {
     UserOut {
-        id: p.id,
+        id: p.id.uuid(),
         username: p.username.clone(),
     }
 }
 
-fn chat_out(summary: &ChatSummary, caller: Uuid) -> ChatOut {
+fn chat_out(summary: &ChatSummary, caller: UserId) -> ChatOut {
     let chat = &summary.chat;
     ChatOut {
-        id: chat.id,
+        id: chat.id.uuid(),
         participants: chat.participants.iter().map(user_out).collect(),
         other: user_out(chat.other(caller)),
         created_at: rfc3339_millis(chat.created_at),
@@ -158,15 +158,15 @@ fn chat_out(summary: &ChatSummary, caller: Uuid) -> ChatOut {
 fn message_out(m: &Message) -> MessageOut {
     MessageOut {
         id: m.id.uuid(),
-        chat_id: m.chat_id,
-        sender_id: m.sender_id,
-        text: m.text.clone(),
+        chat_id: m.chat_id.uuid(),
+        sender_id: m.sender_id.uuid(),
+        text: m.text.as_str().to_owned(),
         sent_at: m
             .id
             .datetime()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        client_message_id: m.client_message_id.clone(),
+        client_message_id: m.client_message_id.as_ref().map(|c| c.as_str().to_owned()),
     }
 }
 
@@ -182,21 +182,25 @@ async fn start_chat(
     caller: AuthUser,
     Json(body): Json<StartChat>,
 ) -> Result<(StatusCode, Json<ChatOut>)> {
-    let (created, summary) = state.chats.start_chat(&caller, body.user_id).await?;
+    let (created, summary) = state
+        .chats
+        .start_chat(&caller, UserId::from(body.user_id))
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(chat_out(&summary, caller.id))))
+    Ok((status, Json(chat_out(&summary, caller.id.into()))))
 }
 
 /// The caller's chats, most recently active first.
 #[utoipa::path(get, path = "/chats", security(("bearer" = [])), responses((status = 200, body = ChatList)))]
 async fn list_chats(State(state): State<AppState>, caller: AuthUser) -> Result<Json<ChatList>> {
-    let chats = state.chats.chats_of(caller.id).await?;
+    let caller = UserId::from(caller.id);
+    let chats = state.chats.chats_of(caller).await?;
     Ok(Json(ChatList {
-        chats: chats.iter().map(|s| chat_out(s, caller.id)).collect(),
+        chats: chats.iter().map(|s| chat_out(s, caller)).collect(),
     }))
 }
 
@@ -233,7 +237,10 @@ async fn send(
         .map(ClientMessageId::parse)
         .transpose()
         .map_err(|e| Error::Unprocessable("invalid_client_message_id", e.into()))?;
-    let inserted = state.chats.send(&id, caller.id, text, client_id).await?;
+    let inserted = state
+        .chats
+        .send(&id, caller.id.into(), text, client_id)
+        .await?;
     let status = match inserted {
         Inserted::New(_) => StatusCode::CREATED,
         Inserted::Existing(_) => StatusCode::OK,
@@ -259,7 +266,7 @@ async fn history(
         .map_err(|e| Error::BadRequest("invalid_quantity", e.into()))?;
     let (messages, has_more) = state
         .chats
-        .history(&id, caller.id, before, quantity)
+        .history(&id, caller.id.into(), before, quantity)
         .await?;
     let next_time = if has_more {
         messages.last().map(|m| m.id.uuid())

@@ -13,8 +13,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use chat_events::TimeUuidGenerator;
-use uuid::Uuid;
+use chat_events::{ChatId, TimeUuidGenerator, UserId};
 
 use auth_validator::AuthUser;
 use chat_events::TimeUuid;
@@ -49,7 +48,7 @@ impl Sender {
     pub async fn send(
         &self,
         chat: &Chat,
-        sender: Uuid,
+        sender: UserId,
         text: MessageText,
         client_message_id: Option<ClientMessageId>,
     ) -> Result<Inserted> {
@@ -63,8 +62,8 @@ impl Sender {
             chat_id: chat.id,
             sender_id: sender,
             recipient_id: chat.other(sender).id,
-            text: text.into_inner(),
-            client_message_id: client_message_id.map(ClientMessageId::into_inner),
+            text,
+            client_message_id,
         };
         let inserted = self.store.insert_message(message).await?;
         self.log.publish(&inserted.message().event()).await?;
@@ -87,11 +86,11 @@ pub struct ChatService {
     store: Arc<dyn MessageStore>,
     sender: Sender,
     users: Arc<dyn UserDirectory>,
-    send_limiter: DefaultKeyedRateLimiter<Uuid>,
+    send_limiter: DefaultKeyedRateLimiter<UserId>,
     /// Chats by id, as read from the store. A chat never changes once
     /// created (participants and their names at creation), so entries never
     /// go stale; only chats that exist are kept.
-    chats: quick_cache::sync::Cache<Uuid, Chat>,
+    chats: quick_cache::sync::Cache<ChatId, Chat>,
 }
 
 impl ChatService {
@@ -114,8 +113,13 @@ impl ChatService {
     /// Starts the chat between the caller and `other`, or finds it;
     /// `true` when it is new. Returns what is stored, so both members see
     /// the same record.
-    pub async fn start_chat(&self, caller: &AuthUser, other: Uuid) -> Result<(bool, ChatSummary)> {
-        if other == caller.id {
+    pub async fn start_chat(
+        &self,
+        caller: &AuthUser,
+        other: UserId,
+    ) -> Result<(bool, ChatSummary)> {
+        let caller_id = UserId::from(caller.id);
+        if other == caller_id {
             return Err(Error::Unprocessable(
                 "self_chat",
                 "you cannot start a chat with yourself".into(),
@@ -131,15 +135,15 @@ impl ChatService {
             Some(name) => name,
             None => self
                 .users
-                .username(caller.id, token)
+                .username(caller_id, token)
                 .await?
                 .unwrap_or_default(),
         };
         let chat = Chat {
-            id: chat_events::chat_id(caller.id, other),
+            id: chat_events::chat_id(caller_id, other),
             participants: [
                 Participant {
-                    id: caller.id,
+                    id: caller_id,
                     username: caller_name,
                 },
                 Participant {
@@ -152,7 +156,7 @@ impl ChatService {
         let created = self.store.create_chat(&chat).await?;
         let summary = self
             .store
-            .chat_summary(caller.id, chat.id)
+            .chat_summary(caller_id, chat.id)
             .await?
             .unwrap_or(ChatSummary {
                 last_activity: chat.created_at,
@@ -163,14 +167,14 @@ impl ChatService {
     }
 
     /// The caller's chats, most recently active first.
-    pub async fn chats_of(&self, caller: Uuid) -> Result<Vec<ChatSummary>> {
+    pub async fn chats_of(&self, caller: UserId) -> Result<Vec<ChatSummary>> {
         Ok(self.store.chats_of(caller).await?)
     }
 
     /// The chat `raw_id` if the caller is a member; otherwise (or if it is
     /// not a chat id at all) "not found", never "forbidden".
-    pub async fn chat_for(&self, raw_id: &str, caller: Uuid) -> Result<Chat> {
-        let id = Uuid::parse_str(raw_id).map_err(|_| Error::ChatNotFound)?;
+    pub async fn chat_for(&self, raw_id: &str, caller: UserId) -> Result<Chat> {
+        let id: ChatId = raw_id.parse().map_err(|_| Error::ChatNotFound)?;
         let chat = match self.chats.get(&id) {
             Some(chat) => Some(chat),
             None => {
@@ -191,7 +195,7 @@ impl ChatService {
     pub async fn send(
         &self,
         raw_id: &str,
-        caller: Uuid,
+        caller: UserId,
         text: MessageText,
         client_message_id: Option<ClientMessageId>,
     ) -> Result<Inserted> {
@@ -211,7 +215,7 @@ impl ChatService {
     pub async fn history(
         &self,
         raw_id: &str,
-        caller: Uuid,
+        caller: UserId,
         before: Option<TimeUuid>,
         quantity: Quantity,
     ) -> Result<(Vec<Message>, bool)> {

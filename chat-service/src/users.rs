@@ -1,7 +1,7 @@
 //! Who the other participant is: auth-service answers.
 
 use async_trait::async_trait;
-use uuid::Uuid;
+use chat_events::UserId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -13,7 +13,7 @@ pub enum DirectoryError {
 pub trait UserDirectory: Send + Sync + 'static {
     /// The user's name, or `None` if there is no such user. `bearer` is the
     /// caller's access token, forwarded so auth-service authorises the call.
-    async fn username(&self, id: Uuid, bearer: &str) -> Result<Option<String>, DirectoryError>;
+    async fn username(&self, id: UserId, bearer: &str) -> Result<Option<String>, DirectoryError>;
 }
 
 /// `GET {auth_url}/users/{id}` on auth-service.
@@ -33,7 +33,7 @@ impl HttpDirectory {
 
 #[async_trait]
 impl UserDirectory for HttpDirectory {
-    async fn username(&self, id: Uuid, bearer: &str) -> Result<Option<String>, DirectoryError> {
+    async fn username(&self, id: UserId, bearer: &str) -> Result<Option<String>, DirectoryError> {
         let response = self
             .http
             .get(format!("{}/users/{id}", self.base))

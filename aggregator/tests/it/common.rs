@@ -118,7 +118,7 @@ impl Conversation {
     pub fn new() -> Self {
         let users = [Uuid::new_v4(), Uuid::new_v4()];
         Self {
-            chat_id: chat_events::chat_id(users[0], users[1]),
+            chat_id: chat_events::chat_id(users[0].into(), users[1].into()).uuid(),
             users,
             ids: TimeUuidGenerator::new(),
             clock: OffsetDateTime::now_utc(),
@@ -132,9 +132,9 @@ impl Conversation {
             v: 1,
             kind: "message.created".into(),
             id: self.ids.next().uuid(),
-            chat_id: self.chat_id,
-            sender_id: self.users[who],
-            recipient_id: self.users[1 - who],
+            chat_id: self.chat_id.into(),
+            sender_id: self.users[who].into(),
+            recipient_id: self.users[1 - who].into(),
             text: text.into(),
             sent_at: self.clock,
             client_message_id: None,
@@ -291,7 +291,10 @@ pub fn log_order(brokers: &str) -> std::collections::HashMap<Uuid, Vec<Uuid>> {
             next = record.offset() + 1;
             let event =
                 MessageCreated::decode(record.payload().unwrap_or_default()).expect("an event");
-            order.entry(event.chat_id).or_default().push(event.id);
+            order
+                .entry(event.chat_id.uuid())
+                .or_default()
+                .push(event.id);
         }
     }
     order

@@ -89,7 +89,7 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     // the last aggregator must get partitions by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     let expected: HashMap<Uuid, Vec<Uuid>> = events.iter().fold(HashMap::new(), |mut m, e| {
-        m.entry(e.chat_id).or_default().push(e.id);
+        m.entry(e.chat_id.uuid()).or_default().push(e.id);
         m
     });
     loop {

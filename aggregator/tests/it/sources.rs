@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use aggregator::source::embedded::{EmbeddedSource, PositionFile};
 use aggregator::source::Source;
-use chat_events::TimeUuidGenerator;
+use chat_events::{TimeUuidGenerator, UserId};
+use chat_service::domain::MessageText;
 use chat_service::outbox::OutboxReader;
 use chat_service::store::sqlite::SqliteStore;
 use chat_service::store::{Chat, Message, MessageStore, Participant};
@@ -103,12 +104,12 @@ async fn embedded_source() {
     let data = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = data.path().into();
     let (store, _log) = SqliteStore::open_with_outbox(&dir).await.expect("store");
-    let users = [Uuid::new_v4(), Uuid::new_v4()];
+    let users = [UserId::from(Uuid::new_v4()), Uuid::new_v4().into()];
     let chat = Chat {
         id: chat_events::chat_id(users[0], users[1]),
         participants: users.map(|id| Participant {
             id,
-            username: id.simple().to_string(),
+            username: id.uuid().simple().to_string(),
         }),
         created_at: 0,
     };
@@ -120,7 +121,7 @@ async fn embedded_source() {
             chat_id: chat.id,
             sender_id: users[0],
             recipient_id: users[1],
-            text: "hi".into(),
+            text: MessageText::parse("hi".into()).expect("text"),
             client_message_id: None,
         };
         let store = store.clone();

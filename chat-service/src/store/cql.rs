@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chat_events::TimeUuid;
+use chat_events::{ChatId, TimeUuid, UserId};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
@@ -36,6 +36,7 @@ use scylla::value::{CqlTimeuuid, CqlValue, Row};
 use uuid::Uuid;
 
 use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
+use crate::domain::{ClientMessageId, MessageText};
 
 /// Settings of the CQL store.
 #[derive(Debug, Clone)]
@@ -77,14 +78,14 @@ type ChatRow = (Uuid, Uuid, String, Uuid, String, i64);
 
 fn chat_of_row((id, a, a_name, b, b_name, created_at): ChatRow) -> Chat {
     Chat {
-        id,
+        id: ChatId::from_uuid(id),
         participants: [
             Participant {
-                id: a,
+                id: UserId::from_uuid(a),
                 username: a_name,
             },
             Participant {
-                id: b,
+                id: UserId::from_uuid(b),
                 username: b_name,
             },
         ],
@@ -377,12 +378,16 @@ impl CqlStore {
         id.unix_millis().div_euclid(self.bucket_ms)
     }
 
-    async fn message(&self, chat: Uuid, id: TimeUuid) -> Result<Option<Message>, StoreError> {
+    async fn message(&self, chat: ChatId, id: TimeUuid) -> Result<Option<Message>, StoreError> {
         let rows = self
             .session
             .execute_unpaged(
                 &self.select_message,
-                (chat, self.bucket_of(id), CqlTimeuuid::from(id.uuid())),
+                (
+                    chat.uuid(),
+                    self.bucket_of(id),
+                    CqlTimeuuid::from(id.uuid()),
+                ),
             )
             .await?
             .into_rows_result()?;
@@ -392,16 +397,12 @@ impl CqlStore {
 
     /// Claims the client id for `id`; returns the id that owns it.
     async fn claim(&self, m: &Message, client_id: &str) -> Result<TimeUuid, StoreError> {
+        let (chat, sender) = (m.chat_id.uuid(), m.sender_id.uuid());
         let result = self
             .session
             .execute_unpaged(
                 &self.claim_client_id,
-                (
-                    m.chat_id,
-                    m.sender_id,
-                    client_id,
-                    CqlTimeuuid::from(m.id.uuid()),
-                ),
+                (chat, sender, client_id, CqlTimeuuid::from(m.id.uuid())),
             )
             .await?
             .into_rows_result()?;
@@ -410,7 +411,7 @@ impl CqlStore {
         }
         let owner = self
             .session
-            .execute_unpaged(&self.select_client_id, (m.chat_id, m.sender_id, client_id))
+            .execute_unpaged(&self.select_client_id, (chat, sender, client_id))
             .await?
             .into_rows_result()?
             .maybe_first_row::<(CqlTimeuuid,)>()?
@@ -421,27 +422,28 @@ impl CqlStore {
     async fn write_message(&self, m: &Message) -> Result<(), StoreError> {
         let bucket = self.bucket_of(m.id);
         let id = CqlTimeuuid::from(m.id.uuid());
+        let chat = m.chat_id.uuid();
         self.session
             .execute_unpaged(
                 &self.insert_message,
                 (
-                    m.chat_id,
+                    chat,
                     bucket,
                     id,
-                    m.sender_id,
-                    m.recipient_id,
-                    &m.text,
-                    &m.client_message_id,
+                    m.sender_id.uuid(),
+                    m.recipient_id.uuid(),
+                    m.text.as_str(),
+                    m.client_message_id.as_ref().map(ClientMessageId::as_str),
                 ),
             )
             .await?;
         self.session
-            .execute_unpaged(&self.insert_bucket, (m.chat_id, bucket))
+            .execute_unpaged(&self.insert_bucket, (chat, bucket))
             .await?;
         let at = m.id.unix_millis();
         for user in [m.sender_id, m.recipient_id] {
             self.session
-                .execute_unpaged(&self.touch_user_chat, (at, id, user, m.chat_id))
+                .execute_unpaged(&self.touch_user_chat, (at, id, user.uuid(), chat))
                 .await?;
         }
         Ok(())
@@ -462,19 +464,19 @@ fn lwt_applied(rows: &scylla::response::query_result::QueryRowsResult) -> Result
 type MessageRow = (CqlTimeuuid, Uuid, Uuid, String, Option<String>);
 
 trait IntoMessage {
-    fn into_message(self, chat: Uuid) -> Result<Message, StoreError>;
+    fn into_message(self, chat: ChatId) -> Result<Message, StoreError>;
 }
 
 impl IntoMessage for MessageRow {
-    fn into_message(self, chat: Uuid) -> Result<Message, StoreError> {
+    fn into_message(self, chat: ChatId) -> Result<Message, StoreError> {
         let (id, sender_id, recipient_id, text, client_message_id) = self;
         Ok(Message {
             id: TimeUuid::from_uuid(id.into()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             chat_id: chat,
-            sender_id,
-            recipient_id,
-            text,
-            client_message_id,
+            sender_id: UserId::from_uuid(sender_id),
+            recipient_id: UserId::from_uuid(recipient_id),
+            text: MessageText::stored(text),
+            client_message_id: client_message_id.map(ClientMessageId::stored),
         })
     }
 }
@@ -488,10 +490,10 @@ impl MessageStore for CqlStore {
             .execute_unpaged(
                 &self.insert_chat,
                 (
-                    chat.id,
-                    a.id,
+                    chat.id.uuid(),
+                    a.id.uuid(),
                     &a.username,
-                    b.id,
+                    b.id.uuid(),
                     &b.username,
                     chat.created_at,
                 ),
@@ -502,26 +504,33 @@ impl MessageStore for CqlStore {
         // Conditional, so a retry never moves a chat's activity backwards.
         for user in [a.id, b.id] {
             self.session
-                .execute_unpaged(&self.insert_user_chat, (chat.created_at, user, chat.id))
+                .execute_unpaged(
+                    &self.insert_user_chat,
+                    (chat.created_at, user.uuid(), chat.id.uuid()),
+                )
                 .await?;
         }
         Ok(created)
     }
 
-    async fn chat(&self, id: Uuid) -> Result<Option<Chat>, StoreError> {
+    async fn chat(&self, id: ChatId) -> Result<Option<Chat>, StoreError> {
         let row = self
             .session
-            .execute_unpaged(&self.select_chat, (id,))
+            .execute_unpaged(&self.select_chat, (id.uuid(),))
             .await?
             .into_rows_result()?
             .maybe_first_row::<ChatRow>()?;
         Ok(row.map(chat_of_row))
     }
 
-    async fn chat_summary(&self, user: Uuid, id: Uuid) -> Result<Option<ChatSummary>, StoreError> {
+    async fn chat_summary(
+        &self,
+        user: UserId,
+        id: ChatId,
+    ) -> Result<Option<ChatSummary>, StoreError> {
         let activity = self
             .session
-            .execute_unpaged(&self.select_user_chat, (user, id))
+            .execute_unpaged(&self.select_user_chat, (user.uuid(), id.uuid()))
             .await?
             .into_rows_result()?
             .maybe_first_row::<(Option<i64>, Option<CqlTimeuuid>)>()?;
@@ -535,10 +544,10 @@ impl MessageStore for CqlStore {
         }))
     }
 
-    async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {
+    async fn chats_of(&self, user: UserId) -> Result<Vec<ChatSummary>, StoreError> {
         let rows = self
             .session
-            .execute_unpaged(&self.select_user_chats, (user,))
+            .execute_unpaged(&self.select_user_chats, (user.uuid(),))
             .await?
             .into_rows_result()?;
         let mut entries = Vec::new();
@@ -563,7 +572,7 @@ impl MessageStore for CqlStore {
         }
         let mut out = Vec::with_capacity(entries.len());
         for (chat_id, last_activity, last_message_id) in entries {
-            if let Some(chat) = chats.remove(&chat_id) {
+            if let Some(chat) = chats.remove(&ChatId::from_uuid(chat_id)) {
                 out.push(ChatSummary {
                     last_activity: last_activity.unwrap_or(chat.created_at),
                     last_message_id: last_message_id
@@ -578,7 +587,7 @@ impl MessageStore for CqlStore {
 
     async fn insert_message(&self, m: Message) -> Result<Inserted, StoreError> {
         if let Some(client_id) = m.client_message_id.clone() {
-            let owner = self.claim(&m, &client_id).await?;
+            let owner = self.claim(&m, client_id.as_str()).await?;
             if owner != m.id {
                 // Another request claimed this client id. Its message may not
                 // be written yet (it may even have crashed after the claim):
@@ -598,10 +607,11 @@ impl MessageStore for CqlStore {
 
     async fn history(
         &self,
-        chat: Uuid,
+        chat_id: ChatId,
         before: Option<TimeUuid>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        let chat = chat_id.uuid();
         let start = match before {
             Some(t) => self.bucket_of(t),
             None => i64::MAX,
@@ -640,7 +650,7 @@ impl MessageStore for CqlStore {
                 }?
                 .into_rows_result()?;
                 for row in result.rows::<MessageRow>()? {
-                    out.push(row?.into_message(chat)?);
+                    out.push(row?.into_message(chat_id)?);
                 }
                 if out.len() >= limit {
                     break 'buckets;

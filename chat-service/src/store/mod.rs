@@ -9,30 +9,31 @@ pub mod cql;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use chat_events::{MessageCreated, TimeUuid};
-use uuid::Uuid;
+use chat_events::{ChatId, MessageCreated, TimeUuid, UserId};
+
+use crate::domain::{ClientMessageId, MessageText};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Participant {
-    pub id: Uuid,
+    pub id: UserId,
     pub username: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chat {
-    pub id: Uuid,
+    pub id: ChatId,
     pub participants: [Participant; 2],
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
 }
 
 impl Chat {
-    pub fn has(&self, user: Uuid) -> bool {
+    pub fn has(&self, user: UserId) -> bool {
         self.participants.iter().any(|p| p.id == user)
     }
 
     /// The participant who is not `user`.
-    pub fn other(&self, user: Uuid) -> &Participant {
+    pub fn other(&self, user: UserId) -> &Participant {
         if self.participants[0].id == user {
             &self.participants[1]
         } else {
@@ -52,11 +53,11 @@ pub struct ChatSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub id: TimeUuid,
-    pub chat_id: Uuid,
-    pub sender_id: Uuid,
-    pub recipient_id: Uuid,
-    pub text: String,
-    pub client_message_id: Option<String>,
+    pub chat_id: ChatId,
+    pub sender_id: UserId,
+    pub recipient_id: UserId,
+    pub text: MessageText,
+    pub client_message_id: Option<ClientMessageId>,
 }
 
 impl Message {
@@ -68,9 +69,12 @@ impl Message {
             chat_id: self.chat_id,
             sender_id: self.sender_id,
             recipient_id: self.recipient_id,
-            text: self.text.clone(),
+            text: self.text.as_str().to_owned(),
             sent_at: self.id.datetime(),
-            client_message_id: self.client_message_id.clone(),
+            client_message_id: self
+                .client_message_id
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
         }
     }
 }
@@ -110,14 +114,18 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Stores `chat` if it is new; returns whether it was.
     async fn create_chat(&self, chat: &Chat) -> Result<bool, StoreError>;
 
-    async fn chat(&self, id: Uuid) -> Result<Option<Chat>, StoreError>;
+    async fn chat(&self, id: ChatId) -> Result<Option<Chat>, StoreError>;
 
     /// The user's chats, most recently active first.
-    async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError>;
+    async fn chats_of(&self, user: UserId) -> Result<Vec<ChatSummary>, StoreError>;
 
     /// One chat of the user's, with its activity (`None`: no such chat, or
     /// the user is not in it).
-    async fn chat_summary(&self, user: Uuid, id: Uuid) -> Result<Option<ChatSummary>, StoreError>;
+    async fn chat_summary(
+        &self,
+        user: UserId,
+        id: ChatId,
+    ) -> Result<Option<ChatSummary>, StoreError>;
 
     /// Stores `message` (its id chosen by the caller), unless one with the
     /// same chat, sender and `client_message_id` exists: then returns that.
@@ -128,7 +136,7 @@ pub trait MessageStore: Send + Sync + 'static {
     /// the newest, without it), newest first.
     async fn history(
         &self,
-        chat: Uuid,
+        chat: ChatId,
         before: Option<TimeUuid>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;

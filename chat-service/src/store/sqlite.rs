@@ -17,12 +17,13 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use chat_events::TimeUuid;
+use chat_events::{ChatId, TimeUuid, UserId};
 use embedded_db::{GroupError, GroupWriter, Migration, ReadError, ReadPool};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
+use crate::domain::{ClientMessageId, MessageText};
 use crate::outbox::OutboxLog;
 
 pub const FILE: &str = "chat.db";
@@ -124,14 +125,14 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<ChatSummary> {
 
 fn chat_from_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
     Ok(Chat {
-        id: row.get(0)?,
+        id: ChatId::from_uuid(row.get(0)?),
         participants: [
             Participant {
-                id: row.get(1)?,
+                id: UserId::from_uuid(row.get(1)?),
                 username: row.get(2)?,
             },
             Participant {
-                id: row.get(3)?,
+                id: UserId::from_uuid(row.get(3)?),
                 username: row.get(4)?,
             },
         ],
@@ -147,11 +148,13 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         id: TimeUuid::from_uuid(id).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
         })?,
-        chat_id: row.get(0)?,
-        sender_id: row.get(2)?,
-        recipient_id: row.get(3)?,
-        text: row.get(4)?,
-        client_message_id: row.get(5)?,
+        chat_id: ChatId::from_uuid(row.get(0)?),
+        sender_id: UserId::from_uuid(row.get(2)?),
+        recipient_id: UserId::from_uuid(row.get(3)?),
+        text: MessageText::stored(row.get(4)?),
+        client_message_id: row
+            .get::<_, Option<String>>(5)?
+            .map(ClientMessageId::stored),
     })
 }
 
@@ -162,7 +165,14 @@ fn create_chat(conn: &Connection, chat: &Chat) -> Result<bool, StoreError> {
             "INSERT INTO chats (id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
         )?
-        .execute(params![chat.id, a.id, a.username, b.id, b.username, chat.created_at])?;
+        .execute(params![
+            chat.id.uuid(),
+            a.id.uuid(),
+            a.username,
+            b.id.uuid(),
+            b.username,
+            chat.created_at
+        ])?;
     Ok(created == 1)
 }
 
@@ -176,7 +186,10 @@ fn insert(conn: &Connection, outbox: bool, m: Message) -> Result<Inserted, Store
                 "SELECT {MESSAGE_COLUMNS} FROM messages \
                  WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
             ))?
-            .query_row(params![m.chat_id, m.sender_id, client_id], message_from_row)
+            .query_row(
+                params![m.chat_id.uuid(), m.sender_id.uuid(), client_id.as_str()],
+                message_from_row,
+            )
             .optional()?;
         if let Some(existing) = existing {
             return Ok(Inserted::Existing(existing));
@@ -187,22 +200,22 @@ fn insert(conn: &Connection, outbox: bool, m: Message) -> Result<Inserted, Store
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        m.chat_id,
+        m.chat_id.uuid(),
         m.id.ticks() as i64,
         m.id.uuid(),
-        m.sender_id,
-        m.recipient_id,
-        m.text,
-        m.client_message_id
+        m.sender_id.uuid(),
+        m.recipient_id.uuid(),
+        m.text.as_str(),
+        m.client_message_id.as_ref().map(ClientMessageId::as_str)
     ])?;
     if outbox {
         conn.prepare_cached("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")?
-            .execute(params![m.chat_id, m.event().encode()])?;
+            .execute(params![m.chat_id.uuid(), m.event().encode()])?;
     }
     conn.prepare_cached(
         "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
     )?
-    .execute(params![m.chat_id, m.id.unix_millis(), m.id.uuid()])?;
+    .execute(params![m.chat_id.uuid(), m.id.unix_millis(), m.id.uuid()])?;
     Ok(Inserted::New(m))
 }
 
@@ -213,27 +226,31 @@ impl MessageStore for SqliteStore {
         self.write.write(move |conn| create_chat(conn, &chat)).await
     }
 
-    async fn chat(&self, id: Uuid) -> Result<Option<Chat>, StoreError> {
+    async fn chat(&self, id: ChatId) -> Result<Option<Chat>, StoreError> {
         self.read(move |c| {
             c.prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1"))?
-                .query_row([id], chat_from_row)
+                .query_row([id.uuid()], chat_from_row)
                 .optional()
         })
         .await
     }
 
-    async fn chat_summary(&self, user: Uuid, id: Uuid) -> Result<Option<ChatSummary>, StoreError> {
+    async fn chat_summary(
+        &self,
+        user: UserId,
+        id: ChatId,
+    ) -> Result<Option<ChatSummary>, StoreError> {
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1 AND (user_a = ?2 OR user_b = ?2)"
             ))?
-            .query_row(params![id, user], summary_from_row)
+            .query_row(params![id.uuid(), user.uuid()], summary_from_row)
             .optional()
         })
         .await
     }
 
-    async fn chats_of(&self, user: Uuid) -> Result<Vec<ChatSummary>, StoreError> {
+    async fn chats_of(&self, user: UserId) -> Result<Vec<ChatSummary>, StoreError> {
         // A user's chats can be many: off the async runtime's threads.
         self.scan(move |c| {
             let mut query = c.prepare_cached(&format!(
@@ -241,7 +258,7 @@ impl MessageStore for SqliteStore {
                  UNION ALL SELECT {CHAT_COLUMNS} FROM chats WHERE user_b = ?1 \
                  ORDER BY last_activity DESC"
             ))?;
-            let rows = query.query_map([user], summary_from_row)?;
+            let rows = query.query_map([user.uuid()], summary_from_row)?;
             rows.collect()
         })
         .await
@@ -256,7 +273,7 @@ impl MessageStore for SqliteStore {
 
     async fn history(
         &self,
-        chat: Uuid,
+        chat: ChatId,
         before: Option<TimeUuid>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
@@ -270,7 +287,8 @@ impl MessageStore for SqliteStore {
                  WHERE chat_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3)) \
                  ORDER BY ts DESC, id DESC LIMIT ?4"
             ))?;
-            let rows = query.query_map(params![chat, ts, id, limit as i64], message_from_row)?;
+            let rows =
+                query.query_map(params![chat.uuid(), ts, id, limit as i64], message_from_row)?;
             rows.collect()
         })
         .await

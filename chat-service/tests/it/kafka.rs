@@ -102,25 +102,25 @@ async fn the_topic_holds_exactly_the_acknowledged_messages() {
         assert_eq!(key, &event.chat_id.to_string(), "keyed by chat id");
         assert_eq!(event.v, 1);
         assert_eq!(event.kind, "message.created");
-        let expected_recipient = if event.chat_id == ab {
-            if event.sender_id == alice.id {
+        let expected_recipient = if event.chat_id.uuid() == ab {
+            if event.sender_id.uuid() == alice.id {
                 bob.id
             } else {
                 alice.id
             }
         } else {
-            if event.sender_id == alice.id {
+            if event.sender_id.uuid() == alice.id {
                 carol.id
             } else {
                 alice.id
             }
         };
-        assert_eq!(event.recipient_id, expected_recipient);
+        assert_eq!(event.recipient_id.uuid(), expected_recipient);
     }
     // Within a chat, the topic order is the id order (one partition per key).
     let ab_ids: Vec<Uuid> = records
         .iter()
-        .filter(|(_, e)| e.chat_id == ab)
+        .filter(|(_, e)| e.chat_id.uuid() == ab)
         .map(|(_, e)| e.id)
         .collect();
     let mut sorted = ab_ids.clone();

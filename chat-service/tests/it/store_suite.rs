@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_events::{TimeUuid, TimeUuidGenerator};
+use chat_events::{ChatId, TimeUuid, TimeUuidGenerator, UserId};
+use chat_service::domain::{ClientMessageId, MessageText};
 use chat_service::store::cql::{CqlSettings, CqlStore};
 use chat_service::store::sqlite::SqliteStore;
 use chat_service::store::{Chat, Inserted, Message, MessageStore, Participant};
@@ -73,7 +74,12 @@ store_suite!(
     client_ids_deduplicate_even_concurrently,
 );
 
-fn chat_of(a: Uuid, b: Uuid) -> Chat {
+/// A fresh random id of either kind.
+fn new_id<T: From<Uuid>>() -> T {
+    Uuid::new_v4().into()
+}
+
+fn chat_of(a: UserId, b: UserId) -> Chat {
     Chat {
         id: chat_events::chat_id(a, b),
         participants: [
@@ -96,25 +102,25 @@ fn message(chat: &Chat, id: TimeUuid, from: usize, client: Option<&str>) -> Mess
         chat_id: chat.id,
         sender_id: chat.participants[from].id,
         recipient_id: chat.participants[1 - from].id,
-        text: format!("text of {id}"),
-        client_message_id: client.map(str::to_owned),
+        text: MessageText::parse(format!("text of {id}")).expect("text"),
+        client_message_id: client.map(|c| ClientMessageId::parse(c.into()).expect("client id")),
     }
 }
 
 async fn chats_are_created_once_and_listed_by_activity(store: Store) {
-    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (a, b, c) = (new_id(), new_id(), new_id());
     // Created in the past, so a message sent now is clearly the latest activity.
     let mut ab = chat_of(a, b);
     ab.created_at -= 2000;
     assert!(store.create_chat(&ab).await.expect("create"));
     assert!(!store.create_chat(&ab).await.expect("create again"));
     assert_eq!(store.chat(ab.id).await.expect("get"), Some(ab.clone()));
-    assert_eq!(store.chat(Uuid::new_v4()).await.expect("get"), None);
+    assert_eq!(store.chat(new_id()).await.expect("get"), None);
 
     let mut ac = chat_of(a, c);
     ac.created_at -= 1000;
     store.create_chat(&ac).await.expect("create");
-    let listed: Vec<Uuid> = store
+    let listed: Vec<ChatId> = store
         .chats_of(a)
         .await
         .expect("list")
@@ -138,19 +144,12 @@ async fn chats_are_created_once_and_listed_by_activity(store: Store) {
         );
     }
     assert_eq!(store.chat_summary(c, ab.id).await.expect("one"), None);
-    assert_eq!(
-        store.chat_summary(a, Uuid::new_v4()).await.expect("one"),
-        None
-    );
-    assert!(store
-        .chats_of(Uuid::new_v4())
-        .await
-        .expect("list")
-        .is_empty());
+    assert_eq!(store.chat_summary(a, new_id()).await.expect("one"), None);
+    assert!(store.chats_of(new_id()).await.expect("list").is_empty());
 }
 
 async fn history_is_newest_first_and_strictly_before(store: Store) {
-    let chat = chat_of(Uuid::new_v4(), Uuid::new_v4());
+    let chat = chat_of(new_id(), new_id());
     store.create_chat(&chat).await.expect("create");
     let ids = TimeUuidGenerator::new();
     let mut all = Vec::new();
@@ -184,14 +183,14 @@ async fn history_is_newest_first_and_strictly_before(store: Store) {
         .expect("history")
         .is_empty());
     assert!(store
-        .history(Uuid::new_v4(), None, 10)
+        .history(new_id(), None, 10)
         .await
         .expect("history")
         .is_empty());
 }
 
 async fn paging_a_thousand_same_millisecond_messages(store: Store) {
-    let chat = chat_of(Uuid::new_v4(), Uuid::new_v4());
+    let chat = chat_of(new_id(), new_id());
     store.create_chat(&chat).await.expect("create");
     let ids = TimeUuidGenerator::new();
     let messages: Vec<Message> = (0..1000)
@@ -229,7 +228,7 @@ async fn paging_a_thousand_same_millisecond_messages(store: Store) {
 }
 
 async fn client_ids_deduplicate_even_concurrently(store: Store) {
-    let chat = chat_of(Uuid::new_v4(), Uuid::new_v4());
+    let chat = chat_of(new_id(), new_id());
     store.create_chat(&chat).await.expect("create");
     let ids = Arc::new(TimeUuidGenerator::new());
     let first = message(&chat, ids.next(), 0, Some("k1"));
