@@ -48,6 +48,9 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub cors: service_kit::cors::CorsConfig,
 }
 
 /// chat-service's user lookups, answered from auth-service's database.
@@ -144,7 +147,8 @@ impl App {
                 "/",
                 get(|| async { ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX)) }),
             );
-        let router = service_kit::layers::apply(router, "all-in-one", Default::default());
+        let router =
+            service_kit::layers::apply(router, "all-in-one", Default::default(), &config.cors);
         let listener = Listener::bind(config.listen).await?;
         Ok(Self {
             listener,

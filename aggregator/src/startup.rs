@@ -140,7 +140,8 @@ impl App {
         if let Some(streams) = parts.streams {
             router = router.merge(streams);
         }
-        let router = service_kit::layers::apply(router, "aggregator", Default::default());
+        let router =
+            service_kit::layers::apply(router, "aggregator", Default::default(), &config.cors);
         let listener = Listener::bind(config.listen).await?;
         Ok(Self {
             listener,

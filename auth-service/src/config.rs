@@ -42,6 +42,9 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub cors: service_kit::cors::CorsConfig,
 }
 
 /// Signing algorithm of access tokens.
@@ -137,6 +140,10 @@ impl service_kit::server::ServiceConfig for Config {
 
     fn log_format(&self) -> service_kit::telemetry::LogFormat {
         self.log_format
+    }
+
+    fn cors(&self) -> &service_kit::cors::CorsConfig {
+        &self.cors
     }
 }
 

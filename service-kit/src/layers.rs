@@ -11,6 +11,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::cors::CorsConfig;
 use crate::ApiError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,9 +36,10 @@ impl Default for Limits {
 
 /// Wraps `router` with request ids (`x-request-id`, generated when absent and
 /// echoed back), a tracing span per request, HTTP metrics, a timeout, a body
-/// limit and a panic catcher that answers with the JSON 500 instead of
-/// dropping the connection.
-pub fn apply(router: Router, service: &'static str, limits: Limits) -> Router {
+/// limit, a panic catcher that answers with the JSON 500 instead of
+/// dropping the connection, and, outermost, CORS (so every answer, errors
+/// included, carries its headers).
+pub fn apply(router: Router, service: &'static str, limits: Limits, cors: &CorsConfig) -> Router {
     router
         .fallback(crate::error::not_found_fallback)
         .layer(axum::middleware::from_fn(move |req, next| {
@@ -61,6 +63,7 @@ pub fn apply(router: Router, service: &'static str, limits: Limits) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(cors.layer())
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: configurations built from defaults alone, never from the
 //!   environment;
+//! - [`cors`]: which browser origins may call the API;
 //! - [`error`]: the JSON error body `{"error": {"code", "message"}}` and the
 //!   [`ApiError`] every service error converts into;
 //! - [`extract`]: JSON, query and path extractors whose rejections use that
@@ -15,10 +16,10 @@
 //! - [`server`]: binding a listener and serving a router until shutdown;
 //! - [`layers`]: request ids, tracing, timeouts, body limits and panic capture;
 //! - [`telemetry`]: `tracing` subscriber set-up;
-//! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown;
-//! - [`sqlite`]: the embedded stores' SQLite writer/reader set-up.
+//! - [`shutdown`]: the SIGTERM / Ctrl-C future used for graceful shutdown.
 
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod layers;

@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::cors::CorsConfig;
 use crate::telemetry::LogFormat;
 use crate::{layers, probes};
 
@@ -51,6 +52,8 @@ pub trait ServiceConfig: Send + Sync {
     fn listen(&self) -> SocketAddr;
     /// How to log.
     fn log_format(&self) -> LogFormat;
+    /// Which browser origins may call it.
+    fn cors(&self) -> &CorsConfig;
 }
 
 /// A service binary's `main`: logging as configured, build, bind, serve
@@ -82,16 +85,16 @@ pub trait Service: Clone + Send + Sync + 'static {
     /// What `/readyz` asks: each backend the service needs.
     fn checks(&self) -> impl Future<Output = Vec<probes::Check>> + Send;
 
-    /// Every route ([`Service::api`], `/healthz`, `/readyz`, `/metrics`,
-    /// `/openapi.json`) with the middleware.
-    fn router(&self) -> Router {
+    /// Every route: [`Service::api`], `/healthz`, `/readyz`, `/metrics`,
+    /// `/openapi.json` (the middleware is [`App`]'s).
+    fn routes(&self) -> Router {
         let state = self.clone();
         let readyz = get(move || {
             let state = state.clone();
             async move { probes::readyz(state.checks().await) }
         });
-        let probes = probes::with_openapi::<Self::Doc, ()>(readyz);
-        layers::apply(self.api().merge(probes), Self::METRIC, Default::default())
+        self.api()
+            .merge(probes::with_openapi::<Self::Doc, ()>(readyz))
     }
 
     /// Tasks that run while the service serves (housekeeping), aborted when
@@ -110,14 +113,25 @@ pub trait Service: Clone + Send + Sync + 'static {
 pub struct App<S> {
     listener: Listener,
     state: S,
+    router: Router,
 }
 
 impl<S: Service> App<S> {
     /// Builds the state and binds the listener (port 0 picks a free port).
     pub async fn build(config: S::Config) -> anyhow::Result<Self> {
         let state = S::from_config(&config).await?;
+        let router = layers::apply(
+            state.routes(),
+            S::METRIC,
+            layers::Limits::default(),
+            config.cors(),
+        );
         let listener = Listener::bind(config.listen()).await?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            router,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -135,7 +149,7 @@ impl<S: Service> App<S> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let tasks = self.state.background();
-        let result = self.listener.serve(self.state.router(), shutdown).await;
+        let result = self.listener.serve(self.router, shutdown).await;
         for task in tasks {
             task.abort();
         }

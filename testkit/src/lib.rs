@@ -457,3 +457,65 @@ pub async fn error_code(response: reqwest::Response, status: reqwest::StatusCode
         .expect("error.code")
         .to_owned()
 }
+
+/// Asserts how `base` answers browsers: a preflight for `POST {path}` with
+/// the headers a client sends is allowed from `allowed` (when given) and
+/// refused from `refused` (answered without `Access-Control-Allow-Origin`,
+/// so a browser blocks the request); a plain request from `allowed` gets its
+/// CORS headers too.
+pub async fn assert_cors(base: &str, path: &str, allowed: Option<&str>, refused: &str) {
+    let http = reqwest::Client::new();
+    let preflight = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}{path}"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    };
+    if let Some(origin) = allowed {
+        let r = preflight(origin).await.expect("preflight");
+        assert!(
+            r.status().is_success(),
+            "preflight from {origin}: {}",
+            r.status()
+        );
+        assert_eq!(
+            header(&r, "access-control-allow-origin").as_deref(),
+            Some(origin)
+        );
+        let methods = header(&r, "access-control-allow-methods").unwrap_or_default();
+        assert!(methods.contains("post"), "allowed methods: {methods}");
+        let headers = header(&r, "access-control-allow-headers").unwrap_or_default();
+        assert!(
+            headers.contains("authorization") && headers.contains("content-type"),
+            "allowed headers: {headers}"
+        );
+        let r = http
+            .get(format!("{base}/healthz"))
+            .header("origin", origin)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            header(&r, "access-control-allow-origin").as_deref(),
+            Some(origin)
+        );
+        let exposed = header(&r, "access-control-expose-headers").unwrap_or_default();
+        assert!(exposed.contains("x-request-id"), "exposed: {exposed}");
+    }
+    let r = preflight(refused).await.expect("preflight");
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        None,
+        "{refused} must not be allowed"
+    );
+}

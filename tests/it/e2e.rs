@@ -97,8 +97,18 @@ async fn next_batch(reader: &mut SseReader) -> Value {
 async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothing() {
     let data = tempfile::tempdir().expect("tempdir");
     let http = reqwest::Client::new();
-    let server = Server::start(data.path());
+    let server = Server::start_with_env(
+        data.path(),
+        &[("CORS_ALLOWED_ORIGINS", "https://app.example")],
+    );
     let base = server.base.clone();
+    testkit::assert_cors(
+        &base,
+        "/chats",
+        Some("https://app.example"),
+        "https://evil.example",
+    )
+    .await;
 
     let page = http.get(&base).send().await.expect("index");
     assert_eq!(page.status(), 200);
@@ -173,6 +183,8 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
     // and the old tokens still work (the signing key was kept).
     let server = Server::start(data.path());
     let base = server.base.clone();
+    // Without the setting, no other origin is allowed.
+    testkit::assert_cors(&base, "/chats", None, "https://app.example").await;
     assert_eq!(
         history(&http, &base, &chat, &alice).await,
         ["sure", "lunch?", "hi bob"]

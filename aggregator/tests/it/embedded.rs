@@ -257,3 +257,32 @@ async fn batches_stream_live_resume_and_survive_a_restart() {
     s.chat.stop().await;
     s.auth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_configured_origins_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    // The aggregator reads chat-service's outbox, and its streams check
+    // tokens with auth-service's key.
+    let _auth =
+        Server::start::<auth_service::AppState>(auth_service::Config::embedded(&path)).await;
+    let _chat =
+        Server::start::<chat_service::AppState>(chat_service::Config::embedded(&path)).await;
+    let mut config = aggregator::Config::embedded(&path);
+    config.cors = service_kit::cors::CorsConfig::origins(&["https://app.example"]).expect("origin");
+    let app = aggregator::App::build(config).await.expect("aggregator");
+    let agg = Server::run(app.local_addr(), |stopped| app.run_until_stopped(stopped));
+    let base = format!("http://{}", agg.addr);
+    let chat = uuid::Uuid::new_v4();
+    let path = format!("/chat/{chat}/stream");
+    testkit::assert_cors(
+        &base,
+        &path,
+        Some("https://app.example"),
+        "https://evil.example",
+    )
+    .await;
+    let closed = start_aggregator(dir.path().to_path_buf()).await;
+    let base = format!("http://{}", closed.addr);
+    testkit::assert_cors(&base, &path, None, "https://app.example").await;
+}

@@ -47,3 +47,22 @@ async fn health_metrics_and_openapi(backend: Backend) {
     let r = app.get("/healthz", None).await;
     assert!(r.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn browsers_on_configured_origins_only() {
+    let app = crate::helpers::spawn_with(Backend::Sqlite, |c| {
+        c.cors = service_kit::cors::CorsConfig::origins(&["https://app.example"]).expect("origin");
+    })
+    .await;
+    let base = format!("http://{}", app.addr);
+    testkit::assert_cors(
+        &base,
+        "/login",
+        Some("https://app.example"),
+        "https://evil.example",
+    )
+    .await;
+    let closed = spawn(Backend::Sqlite).await;
+    let base = format!("http://{}", closed.addr);
+    testkit::assert_cors(&base, "/login", None, "https://app.example").await;
+}

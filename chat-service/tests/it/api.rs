@@ -453,3 +453,21 @@ async fn messages_survive_a_restart() {
     };
     assert_eq!(s.history(id, &bob, "").await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_configured_origins_only() {
+    let s = crate::helpers::spawn_with(|c| {
+        c.cors = service_kit::cors::CorsConfig::origins(&["https://app.example"]).expect("origin");
+    })
+    .await;
+    let base = s.chat_url("");
+    testkit::assert_cors(
+        &base,
+        "/chats",
+        Some("https://app.example"),
+        "https://evil.example",
+    )
+    .await;
+    let closed = spawn().await;
+    testkit::assert_cors(&closed.chat_url(""), "/chats", None, "https://app.example").await;
+}
