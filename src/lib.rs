@@ -74,6 +74,20 @@ struct Probes {
     sink: Arc<dyn aggregator::sink::Sink>,
 }
 
+/// The all-in-one's OpenAPI document: every service's routes, as served
+/// here on one port.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    service_kit::openapi::merged(
+        "chat-backend",
+        "auth-service and chat-service in one process (the all-in-one).",
+        [
+            auth_service::routes::ApiDoc::openapi(),
+            chat_service::routes::ApiDoc::openapi(),
+        ],
+    )
+}
+
 async fn readyz(State(p): State<Probes>) -> Response {
     service_kit::probes::readyz(vec![
         Check::new("users", p.auth.db.backend(), p.auth.db.ping().await),
@@ -135,14 +149,7 @@ impl App {
             .merge(chat.api())
             .merge(streams)
             .merge(service_kit::probes::router(get(readyz)).with_state(probes))
-            .route(
-                "/openapi/auth.json",
-                get(service_kit::probes::openapi::<auth_service::routes::ApiDoc>),
-            )
-            .route(
-                "/openapi/chat.json",
-                get(service_kit::probes::openapi::<chat_service::routes::ApiDoc>),
-            )
+            .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
             .route(
                 "/",
                 get(|| async { ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX)) }),
@@ -184,5 +191,79 @@ impl App {
         // SSE streams never end on their own: give requests a moment, then go.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
         pipeline.context("aggregator")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every operation of `doc`, as (method path, operation).
+    fn operations(doc: &Value) -> Vec<(String, &Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                out.push((format!("{method} {path}"), op));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_document_declares_its_security_and_error_bodies() {
+        let doc = serde_json::to_value(super::openapi()).expect("json");
+        assert!(doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")));
+        let scheme = &doc["components"]["securitySchemes"]["bearer"];
+        assert_eq!(
+            (scheme["type"].as_str(), scheme["scheme"].as_str()),
+            (Some("http"), Some("bearer"))
+        );
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+        let ops = operations(&doc);
+        for route in [
+            "post /login",
+            "post /users",
+            "post /chats",
+            "get /chat/{id}",
+            "post /chat/{id}/messages",
+        ] {
+            assert!(ops.iter().any(|(r, _)| r == route), "{route} is documented");
+        }
+        for (route, op) in &ops {
+            let responses = op["responses"].as_object().expect("responses");
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(responses.contains_key("401"), "{route}: 401");
+            }
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{route} {status}: the error body"
+                    );
+                }
+            }
+        }
+        let history = ops
+            .iter()
+            .find(|(r, _)| r == "get /chat/{id}")
+            .expect("history")
+            .1;
+        let quantity = history["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == "quantity")
+            .expect("quantity");
+        let kind = &quantity["schema"]["type"];
+        assert!(
+            kind == "integer"
+                || kind
+                    .as_array()
+                    .is_some_and(|k| k.contains(&"integer".into())),
+            "{quantity}"
+        );
     }
 }

@@ -129,15 +129,6 @@ pub enum SinkKind {
 pub const MAX_DOCUMENT_BYTES: usize = 900 * 1024;
 
 impl Config {
-    /// Every default (never the environment), with the given data
-    /// directory and a free port.
-    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config: Self = service_kit::config::defaults();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.data_dir = data_dir.into();
-        config
-    }
-
     pub fn limits(&self) -> Limits {
         Limits {
             max_gap: Duration::from_secs(self.batch_max_gap_secs),
@@ -159,6 +150,8 @@ impl Config {
         Ok(())
     }
 }
+
+service_kit::service_config!(Config);
 
 #[cfg(test)]
 mod tests {

@@ -121,31 +121,7 @@ pub struct SecurityConfig {
     pub client_ip_header: Option<String>,
 }
 
-impl Config {
-    /// Settings for tests and embedding: every default (never the
-    /// environment), with the given data
-    /// directory and an OS-assigned port.
-    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config: Self = service_kit::config::defaults();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.data_dir = data_dir.into();
-        config
-    }
-}
-
-impl service_kit::server::ServiceConfig for Config {
-    fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-
-    fn log_format(&self) -> service_kit::telemetry::LogFormat {
-        self.log_format
-    }
-
-    fn cors(&self) -> &service_kit::cors::CorsConfig {
-        &self.cors
-    }
-}
+service_kit::service_config!(Config);
 
 #[cfg(test)]
 mod tests {

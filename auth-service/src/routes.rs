@@ -15,6 +15,7 @@ use base64::Engine;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use service_kit::error::{ErrorBody, ErrorDetail};
+use service_kit::openapi::Conventions;
 use service_kit::{ApiError, Json, Path, Query};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
@@ -44,6 +45,7 @@ pub fn api(state: AppState) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&Conventions),
     info(
         title = "auth-service",
         description = "Users, passwords, login and tokens."

@@ -160,15 +160,6 @@ pub struct LogConfig {
 }
 
 impl Config {
-    /// Every default (never the environment), with the given data
-    /// directory and a free port.
-    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config: Self = service_kit::config::defaults();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.data_dir = data_dir.into();
-        config
-    }
-
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !(self.log.kind == LogKind::Embedded && self.store.kind != StoreKind::Embedded),
@@ -178,19 +169,7 @@ impl Config {
     }
 }
 
-impl service_kit::server::ServiceConfig for Config {
-    fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-
-    fn log_format(&self) -> service_kit::telemetry::LogFormat {
-        self.log_format
-    }
-
-    fn cors(&self) -> &service_kit::cors::CorsConfig {
-        &self.cors
-    }
-}
+service_kit::service_config!(Config);
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ use axum::Router;
 use chat_events::{TimeUuid, UserId};
 use serde::{Deserialize, Serialize};
 use service_kit::error::{ErrorBody, ErrorDetail};
+use service_kit::openapi::Conventions;
 use service_kit::{Json, Path, Query};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
@@ -29,6 +30,7 @@ pub fn api(state: AppState) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&Conventions),
     info(
         title = "chat-service",
         description = "Chats, sending and TimeUUID history."
@@ -121,8 +123,10 @@ pub struct HistoryPage {
 pub struct HistoryParams {
     /// A version-1 UUID: only messages strictly older are returned (usually
     /// the oldest message the client has). Absent: the newest messages.
+    #[param(value_type = Option<Uuid>)]
     pub time: Option<String>,
     /// 1–100, default 10.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub quantity: Option<String>,
 }
 

@@ -51,6 +51,43 @@ pub fn assert_well_formed<T: CommandFactory>(positive: &[&str]) {
     }
 }
 
+/// The settings every service binary has, as fields of its configuration
+/// `$config`: `listen: SocketAddr`, `data_dir: PathBuf`, `log_format:
+/// LogFormat` and `cors: CorsConfig`. Implements
+/// [`ServiceConfig`](crate::server::ServiceConfig) from them, and gives
+/// `$config` `embedded(data_dir)`: every default (never the environment, see
+/// [`defaults`]), that data directory and a free loopback port, for tests
+/// and for embedding services in one process.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty) => {
+        impl $crate::server::ServiceConfig for $config {
+            fn listen(&self) -> ::std::net::SocketAddr {
+                self.listen
+            }
+
+            fn log_format(&self) -> $crate::telemetry::LogFormat {
+                self.log_format
+            }
+
+            fn cors(&self) -> &$crate::cors::CorsConfig {
+                &self.cors
+            }
+        }
+
+        impl $config {
+            /// Every default (never the environment), with `data_dir` and a
+            /// free loopback port.
+            pub fn embedded(data_dir: impl Into<::std::path::PathBuf>) -> Self {
+                let mut config: Self = $crate::config::defaults();
+                config.listen = ::std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                config.data_dir = data_dir.into();
+                config
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

@@ -12,6 +12,8 @@
 //!   same error body;
 //! - [`metrics`]: the Prometheus recorder, an HTTP metrics middleware and the
 //!   `/metrics` handler;
+//! - [`openapi`]: what every OpenAPI document has in common (the bearer
+//!   scheme, error bodies) and merging them;
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics` on one router;
 //! - [`server`]: binding a listener and serving a router until shutdown;
 //! - [`layers`]: request ids, tracing, timeouts, body limits and panic capture;
@@ -24,6 +26,7 @@ pub mod error;
 pub mod extract;
 pub mod layers;
 pub mod metrics;
+pub mod openapi;
 pub mod probes;
 pub mod server;
 pub mod shutdown;

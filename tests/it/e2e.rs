@@ -119,6 +119,18 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
             .contains("<title>chat</title>"),
         "the web client is served at /"
     );
+    let doc: Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        doc["paths"]["/login"].is_object() && doc["paths"]["/chat/{id}/messages"].is_object(),
+        "one document for every service's routes"
+    );
     let ready: Value = http
         .get(format!("{base}/readyz"))
         .send()

@@ -1,0 +1,85 @@
+//! What every OpenAPI document of the backend has in common, applied as a
+//! [`utoipa::Modify`] after a service's `#[derive(OpenApi)]`:
+//!
+//! - the `bearer` security scheme (an access token from auth-service's
+//!   `POST /login`) that secured operations name;
+//! - a 401 response on every secured operation;
+//! - the JSON error body ([`crate::error::ErrorBody`]) on every 4xx and 5xx
+//!   response that does not name a body of its own.
+
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Response};
+
+/// Name of the security scheme secured operations use.
+pub const BEARER: &str = "bearer";
+
+/// The shared conventions; add with `#[openapi(modifiers(&Conventions))]`.
+pub struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, doc: &mut OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from `POST /login`."))
+                    .build(),
+            ),
+        );
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                conform(op);
+            }
+        }
+    }
+}
+
+fn conform(op: &mut Operation) {
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let responses = &mut op.responses.responses;
+    if secured && !responses.contains_key("401") {
+        responses.insert(
+            "401".into(),
+            RefOr::T(Response::new(
+                "missing, malformed, expired or revoked access token",
+            )),
+        );
+    }
+    for (status, response) in responses.iter_mut() {
+        let error = status.starts_with('4') || status.starts_with('5');
+        if let (true, RefOr::T(response)) = (error, response) {
+            if response.content.is_empty() {
+                response.content.insert(
+                    "application/json".into(),
+                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                );
+            }
+        }
+    }
+}
+
+/// `docs` merged into one document titled `title`: paths, schemas and
+/// security schemes of each (the all-in-one serves every service's routes
+/// on one port).
+pub fn merged(title: &str, description: &str, docs: impl IntoIterator<Item = OpenApi>) -> OpenApi {
+    let mut out = OpenApi::default();
+    for doc in docs {
+        out.merge(doc);
+    }
+    out.info.title = title.into();
+    out.info.description = Some(description.into());
+    out
+}
