@@ -80,10 +80,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     service_kit::openapi::merged(
         "chat-backend",
-        "auth-service and chat-service in one process (the all-in-one).",
+        "auth-service, chat-service and the aggregator's streams in one process (the all-in-one).",
         [
             auth_service::routes::ApiDoc::openapi(),
             chat_service::routes::ApiDoc::openapi(),
+            aggregator::routes::openapi(true),
         ],
     )
 }
@@ -209,6 +210,19 @@ mod tests {
         out
     }
 
+    fn collect_refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r.clone());
+                }
+                map.values().for_each(|v| collect_refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+            _ => {}
+        }
+    }
+
     #[test]
     fn one_document_declares_its_security_and_error_bodies() {
         let doc = serde_json::to_value(super::openapi()).expect("json");
@@ -221,6 +235,15 @@ mod tests {
             (Some("http"), Some("bearer"))
         );
         assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        for r in refs {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} is defined"
+            );
+        }
         let ops = operations(&doc);
         for route in [
             "post /login",

@@ -6,24 +6,32 @@
 //! `added` / `modified` events as they are written. Every event has an id;
 //! reconnecting with `Last-Event-ID` replays exactly the changes missed, or
 //! a fresh snapshot if they are older than the kept change feed. Event data
-//! is the batch document (see [`crate::sink::doc`]).
+//! is the batch document (see [`crate::sink::doc`]). Browsers, whose
+//! `EventSource` cannot send an `Authorization` header, first get a
+//! single-use ticket from `POST /events/ticket` and open the stream with
+//! `?ticket=…` (see [`auth_validator::tickets`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_validator::{AuthUser, Verifier};
+use auth_validator::tickets::Ticket;
+use auth_validator::{AuthUser, StreamUser, Tickets, Verifier};
 use axum::extract::{FromRef, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use service_kit::error::{ErrorBody, ErrorDetail};
+use service_kit::openapi::Conventions;
 use service_kit::probes::Check;
 use service_kit::{ApiError, Path};
 use tokio::sync::{broadcast, mpsc};
+use utoipa::OpenApi;
 use uuid::Uuid;
 
+use crate::sink::doc::{BatchDoc, Rfc3339};
 use crate::sink::embedded::{Change, ChangeKind, Feed};
 use crate::sink::Sink;
 use crate::source::SourceStatus;
@@ -31,6 +39,43 @@ use chat_service::outbox::OutboxReader;
 
 /// Newest batches sent when a stream starts; older ones come from history.
 pub const SNAPSHOT_BATCHES: i64 = 50;
+
+/// A batch document as a stream's `added` and `modified` events carry it.
+pub type StreamBatch = BatchDoc<'static, Rfc3339>;
+
+/// The aggregator's HTTP API: the probes and, with the embedded sink, the
+/// streams.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "aggregator",
+        description = "Batches of consecutive messages, streamed to clients (embedded realtime store)."
+    ),
+    modifiers(&Conventions),
+    paths(
+        stream,
+        ticket,
+        service_kit::probes::healthz,
+        service_kit::probes::readyz
+    ),
+    components(schemas(StreamBatch, Rfc3339, Ticket, ErrorBody, ErrorDetail))
+)]
+pub struct ApiDoc;
+
+/// Paths of [`ApiDoc`] served only with the embedded sink.
+const STREAM_PATHS: [&str; 2] = ["/chat/{id}/stream", "/events/ticket"];
+
+/// The document of what this aggregator serves: with `streams` (the
+/// embedded sink) or without.
+pub fn openapi(streams: bool) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    if !streams {
+        doc.paths
+            .paths
+            .retain(|path, _| !STREAM_PATHS.contains(&path.as_str()));
+    }
+    doc
+}
 
 #[derive(Clone)]
 pub struct ProbeState {
@@ -57,6 +102,8 @@ pub struct StreamState {
     pub feed: Feed,
     pub chats: OutboxReader,
     pub verifier: Verifier,
+    /// Single-use tickets for browsers' `EventSource`.
+    pub tickets: Tickets,
 }
 
 impl FromRef<StreamState> for Verifier {
@@ -65,10 +112,33 @@ impl FromRef<StreamState> for Verifier {
     }
 }
 
+impl FromRef<StreamState> for Tickets {
+    fn from_ref(state: &StreamState) -> Tickets {
+        state.tickets.clone()
+    }
+}
+
 pub fn streams(state: StreamState) -> Router {
     Router::new()
         .route("/chat/{id}/stream", get(stream))
+        .route("/events/ticket", post(ticket))
         .with_state(state)
+}
+
+/// Get a stream ticket.
+///
+/// A single-use ticket, valid for `expires_in` seconds, that opens one
+/// stream as the caller with `?ticket=…`: browsers' `EventSource` cannot
+/// send an `Authorization` header, and access tokens never go in URLs.
+#[utoipa::path(post, path = "/events/ticket", security(("bearer" = [])), responses(
+    (status = 200, body = Ticket),
+    (status = 503, description = "too many tickets outstanding; retry shortly"),
+))]
+async fn ticket(
+    State(state): State<StreamState>,
+    caller: AuthUser,
+) -> Result<axum::Json<auth_validator::tickets::Ticket>, ApiError> {
+    state.tickets.issue(&caller).map(axum::Json)
 }
 
 fn event(kind: ChangeKind, version: i64, doc: &str) -> Event {
@@ -78,9 +148,37 @@ fn event(kind: ChangeKind, version: i64, doc: &str) -> Event {
         .data(doc)
 }
 
+/// Watch a chat's batches (Server-Sent Events).
+///
+/// Participants only; anyone else gets 404. The stream opens with the
+/// chat's newest batch documents as `added` events (oldest first), then
+/// sends `added` and `modified` as batches are written, and `removed` (data
+/// `{id, chat_id, seq}`) when a batch expires. The data of `added` and
+/// `modified` is the batch document (`StreamBatch`). Each event's `id` is a
+/// change version: reconnect with `Last-Event-ID` for exactly the changes
+/// missed (or a fresh snapshot when they are no longer kept). A comment
+/// line keeps the connection alive every 15 s. Authenticate with
+/// `Authorization: Bearer …` or, from a browser, `?ticket=` from
+/// `POST /events/ticket`.
+#[utoipa::path(
+    get,
+    path = "/chat/{id}/stream",
+    params(
+        ("id" = Uuid, Path, description = "The chat."),
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /events/ticket`, instead of the `Authorization` header."),
+        ("Last-Event-ID" = Option<String>, Header, description = "The last event id received: resume after it."),
+    ),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "`text/event-stream` of `added`, `modified` and `removed` events", content_type = "text/event-stream", body = StreamBatch),
+        (status = 401, description = "no valid token or ticket"),
+        (status = 404, description = "no such chat, or not a participant"),
+        (status = 503, description = "the chat store is unavailable"),
+    )
+)]
 async fn stream(
     State(state): State<StreamState>,
-    caller: AuthUser,
+    StreamUser(caller): StreamUser,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

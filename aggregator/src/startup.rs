@@ -114,6 +114,7 @@ impl Components {
                     feed: store.feed(),
                     chats,
                     verifier,
+                    tickets: auth_validator::Tickets::default(),
                 }))
             }
             _ => None,
@@ -137,6 +138,11 @@ impl App {
             sink: parts.sink,
             source: parts.source,
         });
+        let doc = crate::routes::openapi(parts.streams.is_some());
+        router = router.route(
+            "/openapi.json",
+            axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
+        );
         if let Some(streams) = parts.streams {
             router = router.merge(streams);
         }

@@ -29,6 +29,10 @@ pub struct AuthUser {
 pub struct BearerToken(Arc<str>);
 
 impl BearerToken {
+    pub fn new(token: &str) -> Self {
+        Self(token.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -18,17 +18,20 @@
 //!   [`DEFAULT_LEEWAY_SECS`] of clock leeway; `sub` must be a UUID.
 //!
 //! Layout: [`claims`] (the token body), [`verifier`] (keys and checks),
-//! [`extractor`] (the axum side), [`config`] (the flags validating services
+//! [`extractor`] (the axum side), [`tickets`] (single-use stream tickets
+//! for browsers), [`config`] (the flags validating services
 //! share: `--jwks-url`, `--jwt-public-key[-file]`, `--jwt-secret[-file]`).
 
 pub mod claims;
 pub mod config;
 pub mod extractor;
+pub mod tickets;
 pub mod verifier;
 
 pub use claims::Claims;
 pub use config::VerifierConfig;
 pub use extractor::{AuthUser, BearerToken};
+pub use tickets::{StreamUser, Tickets};
 pub use verifier::{
     ed25519_public_key_pem, KeyError, TokenError, Verifier, VerifierSettings, DEFAULT_LEEWAY_SECS,
 };

@@ -59,7 +59,8 @@ pub fn apply(router: Router, service: &'static str, limits: Limits, cors: &CorsC
                     .get(REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
-                tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
+                // The path only: a query string can hold a stream ticket.
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

@@ -31,8 +31,9 @@ use uuid::Uuid;
 use crate::batcher::{Batch, BatchMessage, Position, Progress, Summary};
 
 /// A time stored as RFC 3339 text (the embedded store's documents).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, format = DateTime)]
 pub struct Rfc3339(#[serde(with = "time::serde::rfc3339")] pub OffsetDateTime);
 
 impl From<OffsetDateTime> for Rfc3339 {
@@ -49,7 +50,7 @@ impl From<Rfc3339> for OffsetDateTime {
 
 /// `chats/{chat_id}/batches/{batch_id}`. Message texts are borrowed from
 /// the batch when writing (growing batches are rewritten often).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchDoc<'a, T> {
     pub id: String,
     pub chat_id: String,
@@ -69,9 +70,10 @@ pub struct BatchDoc<'a, T> {
     pub log_offset: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageDoc<'a, T> {
     pub id: String,
+    #[schema(value_type = String)]
     pub text: Cow<'a, str>,
     pub sent_at: T,
 }

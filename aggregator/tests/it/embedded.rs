@@ -286,3 +286,75 @@ async fn browsers_on_configured_origins_only() {
     let base = format!("http://{}", closed.addr);
     testkit::assert_cors(&base, &path, None, "https://app.example").await;
 }
+
+/// Browsers' `EventSource` sends no headers: a single-use ticket from
+/// `POST /events/ticket` opens one stream as the user who asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ticket_opens_one_stream_for_its_user() {
+    let s = Stack::start().await;
+    let (alice, bob, eve) = (
+        s.user("alice").await,
+        s.user("bob").await,
+        s.user("eve").await,
+    );
+    let chat = s.chat_between(&alice, &bob).await;
+    s.send(&chat, &alice, "hi").await;
+    let ticket = |user: &User| {
+        let req = s
+            .http
+            .post(format!("http://{}/events/ticket", s.agg.addr))
+            .bearer_auth(&user.token);
+        async move {
+            let r = req.send().await.expect("ticket");
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.expect("json");
+            let expires_in = body["expires_in"].as_u64().expect("expires_in");
+            assert!((1..=60).contains(&expires_in), "{body}");
+            body["ticket"].as_str().expect("ticket").to_owned()
+        }
+    };
+    let open = |t: &str| {
+        s.http
+            .get(format!(
+                "http://{}/chat/{chat}/stream?ticket={t}",
+                s.agg.addr
+            ))
+            .send()
+    };
+    // No ticket without a token.
+    let r = s
+        .http
+        .post(format!("http://{}/events/ticket", s.agg.addr))
+        .send()
+        .await
+        .expect("ticket");
+    assert_eq!(
+        testkit::error_code(r, reqwest::StatusCode::UNAUTHORIZED).await,
+        "unauthenticated"
+    );
+
+    let t = ticket(&bob).await;
+    let r = open(&t).await.expect("stream");
+    assert_eq!(r.status(), 200);
+    let mut reader = SseReader::new(r);
+    let first = until(&mut reader, Duration::from_secs(10), |e| e.event == "added").await;
+    assert_eq!(
+        doc(first.last().expect("event"))["messages"][0]["text"],
+        "hi"
+    );
+
+    let again = open(&t).await.expect("stream");
+    assert_eq!(
+        testkit::error_code(again, reqwest::StatusCode::UNAUTHORIZED).await,
+        "invalid_ticket",
+        "a ticket opens one stream"
+    );
+    let made_up = open("not-a-ticket").await.expect("stream");
+    assert_eq!(
+        testkit::error_code(made_up, reqwest::StatusCode::UNAUTHORIZED).await,
+        "invalid_ticket"
+    );
+    // A ticket is its user's: eve's opens nothing in alice and bob's chat.
+    let t = ticket(&eve).await;
+    assert_eq!(open(&t).await.expect("stream").status(), 404);
+}
