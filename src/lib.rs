@@ -78,7 +78,7 @@ struct Probes {
 /// here on one port.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
-    service_kit::openapi::merged(
+    let mut doc = service_kit::openapi::merged(
         "chat-backend",
         "auth-service, chat-service and the aggregator's streams in one process (the all-in-one).",
         [
@@ -86,7 +86,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             chat_service::routes::ApiDoc::openapi(),
             aggregator::routes::openapi(true),
         ],
-    )
+    );
+    doc.paths.paths.remove("/token/firebase");
+    doc
 }
 
 async fn readyz(State(p): State<Probes>) -> Response {
@@ -145,8 +147,8 @@ impl App {
             chat: chat.clone(),
             sink: parts.sink.clone(),
         };
-        let router = auth
-            .api()
+        // No Firestore here, so no Firebase custom tokens either.
+        let router = auth_service::routes::api_without_firebase(auth)
             .merge(chat.api())
             .merge(streams)
             .merge(service_kit::probes::router(get(readyz)).with_state(probes))

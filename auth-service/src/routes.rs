@@ -10,8 +10,6 @@ use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use service_kit::error::{ErrorBody, ErrorDetail};
@@ -29,8 +27,18 @@ use crate::AppState;
 pub const DEFAULT_SEARCH_LIMIT: i64 = 20;
 pub const MAX_SEARCH_LIMIT: i64 = 100;
 
-/// The API routes alone (no probes, metrics or OpenAPI), for embedding.
+/// The API routes alone (no probes, metrics or OpenAPI).
 pub fn api(state: AppState) -> Router {
+    api_without_firebase(state.clone()).merge(
+        Router::new()
+            .route("/token/firebase", post(firebase_token))
+            .with_state(state),
+    )
+}
+
+/// [`api`] without `POST /token/firebase`, for embedding where there is no
+/// Firestore (the all-in-one serves its realtime documents itself).
+pub fn api_without_firebase(state: AppState) -> Router {
     Router::new()
         .route("/users", post(register).get(search_users))
         .route("/users/me", get(me))
@@ -38,7 +46,6 @@ pub fn api(state: AppState) -> Router {
         .route("/login", post(login))
         .route("/token/refresh", post(refresh))
         .route("/logout", post(logout))
-        .route("/token/firebase", post(firebase_token))
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
@@ -82,9 +89,17 @@ pub struct ApiDoc;
 pub struct RegisterRequest {
     /// 3–32 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit; unique
     /// ignoring case.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$", example = "alice")]
     pub username: String,
     /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128, example = "correct horse")]
     pub password: String,
+    /// An e-mail address (not verified).
+    #[schema(
+        max_length = 254,
+        pattern = r"^[!-?A-~]{1,64}@(?:[!-\-/-?A-~]+\.)+[!-\-/-?A-~]+$",
+        example = "alice@example.com"
+    )]
     pub email: Option<String>,
 }
 
@@ -149,10 +164,13 @@ pub struct UserPage {
 #[derive(Deserialize, IntoParams)]
 pub struct SearchParams {
     /// Username prefix, case-insensitive. Empty or absent lists everyone.
+    #[param(max_length = 32, pattern = r"^[A-Za-z0-9_.-]*$")]
     pub query: Option<String>,
     /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(max_length = 32, pattern = r"^[A-Za-z0-9_.-]*$")]
     pub cursor: Option<String>,
 }
 
@@ -417,19 +435,14 @@ async fn search_users(
             format!("limit must be 1 to {MAX_SEARCH_LIMIT}"),
         ));
     }
-    let after = match params.cursor.as_deref() {
-        None | Some("") => String::new(),
-        Some(c) => URL_SAFE_NO_PAD
-            .decode(c)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| Error::BadRequest("invalid_cursor", "cursor is not valid".into()))?,
-    };
+    // The cursor is the last username (normalised) of the previous page.
+    let after = domain::search_prefix(params.cursor.as_deref().unwrap_or(""))
+        .map_err(|p| Error::BadRequest("invalid_cursor", format!("cursor {p}")))?;
     let mut rows = state.db.search_users(&prefix, &after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = more
-        .then(|| rows.last().map(|u| URL_SAFE_NO_PAD.encode(&u.username_key)))
+        .then(|| rows.last().map(|u| u.username_key.clone()))
         .flatten();
     Ok(Json(UserPage {
         users: rows.iter().map(PublicUser::from).collect(),
@@ -478,7 +491,7 @@ async fn firebase_token(
 }
 
 /// One user's public profile.
-#[utoipa::path(get, path = "/users/{id}", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/users/{id}", params(("id" = Uuid, Path, description = "The user's id.")), security(("bearer" = [])), responses(
     (status = 200, body = PublicUser),
     (status = 400, description = "id is not a UUID", body = ErrorBody),
     (status = 404, body = ErrorBody),

@@ -92,8 +92,11 @@ pub struct ChatList {
 #[derive(Deserialize, ToSchema)]
 pub struct SendMessage {
     /// 1 to 4000 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 4000, pattern = r"\S", example = "hi bob")]
     pub text: String,
     /// Idempotency key chosen by the client: a repeat returns the original.
+    /// 1 to 128 printable ASCII characters, no spaces.
+    #[schema(pattern = r"^[!-~]{1,128}$", example = "c-1")]
     pub client_message_id: Option<String>,
 }
 
@@ -123,7 +126,10 @@ pub struct HistoryPage {
 pub struct HistoryParams {
     /// A version-1 UUID: only messages strictly older are returned (usually
     /// the oldest message the client has). Absent: the newest messages.
-    #[param(value_type = Option<Uuid>)]
+    #[param(
+        value_type = Option<Uuid>,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-1[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub time: Option<String>,
     /// 1–100, default 10.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
@@ -214,7 +220,7 @@ async fn list_chats(State(state): State<AppState>, caller: AuthUser) -> Result<J
 /// `client_message_id` was already used in this chat by this sender. 503
 /// when the message could not be put on the log: retry with the same
 /// `client_message_id`.
-#[utoipa::path(post, path = "/chat/{id}/messages", request_body = SendMessage, security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/chat/{id}/messages", params(("id" = Uuid, Path, description = "The chat.")), request_body = SendMessage, security(("bearer" = [])), responses(
     (status = 201, body = MessageOut),
     (status = 200, description = "repeat of an earlier client_message_id", body = MessageOut),
     (status = 404, description = "no such chat, or not a participant"),
@@ -253,7 +259,7 @@ async fn send(
 }
 
 /// Page through a chat's history, newest first.
-#[utoipa::path(get, path = "/chat/{id}", params(HistoryParams), security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/chat/{id}", params(("id" = Uuid, Path, description = "The chat."), HistoryParams), security(("bearer" = [])), responses(
     (status = 200, body = HistoryPage),
     (status = 400, description = "time is not a version-1 UUID, or quantity outside 1–100"),
     (status = 404, description = "no such chat, or not a participant"),

@@ -3,7 +3,9 @@
 //!
 //! - the `bearer` security scheme (an access token from auth-service's
 //!   `POST /login`) that secured operations name;
-//! - a 401 response on every secured operation;
+//! - a 401 response on every secured operation, and the 400/413/415/422
+//!   answers of the shared extractors where an operation takes a body or
+//!   parameters;
 //! - the JSON error body ([`crate::error::ErrorBody`]) on every 4xx and 5xx
 //!   response that does not name a body of its own.
 
@@ -49,14 +51,27 @@ impl utoipa::Modify for Conventions {
 
 fn conform(op: &mut Operation) {
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let has_body = op.request_body.is_some();
+    let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let responses = &mut op.responses.responses;
-    if secured && !responses.contains_key("401") {
-        responses.insert(
-            "401".into(),
-            RefOr::T(Response::new(
-                "missing, malformed, expired or revoked access token",
-            )),
-        );
+    let mut add = |status: &str, description: &str| {
+        responses
+            .entry(status.into())
+            .or_insert_with(|| RefOr::T(Response::new(description)));
+    };
+    if secured {
+        add("401", "missing, malformed, expired or revoked access token");
+    }
+    // What the shared extractors and layers answer (`crate::extract`,
+    // `crate::layers`), whatever the handler.
+    if has_body {
+        add("400", "the body is not JSON");
+        add("413", "the body is larger than the limit");
+        add("415", "the body is not `application/json`");
+        add("422", "the JSON does not have the documented shape");
+    }
+    if has_params {
+        add("400", "a path or query parameter is malformed");
     }
     for (status, response) in responses.iter_mut() {
         let error = status.starts_with('4') || status.starts_with('5');
