@@ -17,7 +17,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chat_events::UserId;
@@ -74,6 +74,21 @@ struct Probes {
     sink: Arc<dyn aggregator::sink::Sink>,
 }
 
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(service_kit::openapi::json(&openapi()))
+}
+
+/// The web client: register or log in, chats, sending, live batches.
+#[utoipa::path(get, path = "/", responses((status = 200, description = "the web client's page", content_type = "text/html")))]
+async fn web_client() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX))
+}
+
+/// The all-in-one's own routes, beside the services'.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(web_client))]
+struct OwnDoc;
+
 /// The all-in-one's OpenAPI document: every service's routes, as served
 /// here on one port.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -85,6 +100,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             auth_service::routes::ApiDoc::openapi(),
             chat_service::routes::ApiDoc::openapi(),
             aggregator::routes::openapi(true),
+            OwnDoc::openapi(),
         ],
     );
     doc.paths.paths.remove("/token/firebase");
@@ -152,11 +168,8 @@ impl App {
             .merge(chat.api())
             .merge(streams)
             .merge(service_kit::probes::router(get(readyz)).with_state(probes))
-            .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
-            .route(
-                "/",
-                get(|| async { ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX)) }),
-            );
+            .route("/openapi.json", get(openapi_json))
+            .route("/", get(web_client));
         let router =
             service_kit::layers::apply(router, "all-in-one", Default::default(), &config.cors);
         let listener = Listener::bind(config.listen).await?;
@@ -226,8 +239,15 @@ mod tests {
     }
 
     #[test]
+    fn every_route_is_documented() {
+        let doc = service_kit::openapi::json(&super::openapi());
+        let missing = service_kit::openapi::undocumented_routes(include_str!("lib.rs"), &doc);
+        assert!(missing.is_empty(), "undocumented routes: {missing:?}");
+    }
+
+    #[test]
     fn one_document_declares_its_security_and_error_bodies() {
-        let doc = serde_json::to_value(super::openapi()).expect("json");
+        let doc = service_kit::openapi::json(&super::openapi());
         assert!(doc["openapi"]
             .as_str()
             .is_some_and(|v| v.starts_with("3.1")));

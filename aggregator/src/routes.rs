@@ -43,6 +43,25 @@ pub const SNAPSHOT_BATCHES: i64 = 50;
 /// A batch document as a stream's `added` and `modified` events carry it.
 pub type StreamBatch = BatchDoc<'static, Rfc3339>;
 
+/// The data of a `removed` event: which batch expired.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedBatch {
+    pub id: Uuid,
+    pub chat_id: Uuid,
+    pub seq: i64,
+}
+
+/// The data of a stream event: the batch document (`added`, `modified`)
+/// or the batch that expired (`removed`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documentation only
+pub enum StreamEventData {
+    Batch(Box<StreamBatch>),
+    Removed(RemovedBatch),
+}
+
 /// The aggregator's HTTP API: the probes and, with the embedded sink, the
 /// streams.
 #[derive(OpenApi)]
@@ -56,9 +75,11 @@ pub type StreamBatch = BatchDoc<'static, Rfc3339>;
         stream,
         ticket,
         service_kit::probes::healthz,
-        service_kit::probes::readyz
+        service_kit::probes::readyz,
+        service_kit::probes::metrics_doc,
+        service_kit::probes::openapi_doc
     ),
-    components(schemas(StreamBatch, Rfc3339, Ticket, ErrorBody, ErrorDetail))
+    components(schemas(StreamEventData, StreamBatch, RemovedBatch, Rfc3339, Ticket, ErrorBody, ErrorDetail))
 )]
 pub struct ApiDoc;
 
@@ -170,7 +191,7 @@ fn event(kind: ChangeKind, version: i64, doc: &str) -> Event {
     ),
     security(("bearer" = []), ()),
     responses(
-        (status = 200, description = "`text/event-stream` of `added`, `modified` and `removed` events", content_type = "text/event-stream", body = StreamBatch),
+        (status = 200, description = "`text/event-stream` of `added`, `modified` and `removed` events", content_type = "text/event-stream", body = StreamEventData),
         (status = 401, description = "no valid token or ticket"),
         (status = 404, description = "no such chat, or not a participant"),
         (status = 503, description = "the chat store is unavailable"),
@@ -284,5 +305,15 @@ async fn catch_up(
             tracing::error!(error = %e, "reading the snapshot");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod documentation {
+    #[test]
+    fn every_route_is_documented() {
+        let doc = service_kit::openapi::json(&super::openapi(true));
+        let missing = service_kit::openapi::undocumented_routes(include_str!("routes.rs"), &doc);
+        assert!(missing.is_empty(), "undocumented routes: {missing:?}");
     }
 }

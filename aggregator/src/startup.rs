@@ -138,7 +138,7 @@ impl App {
             sink: parts.sink,
             source: parts.source,
         });
-        let doc = crate::routes::openapi(parts.streams.is_some());
+        let doc = service_kit::openapi::json(&crate::routes::openapi(parts.streams.is_some()));
         router = router.route(
             "/openapi.json",
             axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),

@@ -68,7 +68,9 @@ pub fn api_without_firebase(state: AppState) -> Router {
         user_by_id,
         jwks,
         service_kit::probes::healthz,
-        service_kit::probes::readyz
+        service_kit::probes::readyz,
+        service_kit::probes::metrics_doc,
+        service_kit::probes::openapi_doc
     ),
     components(schemas(
         RegisterRequest,
@@ -522,5 +524,16 @@ async fn jwks(State(state): State<AppState>) -> Response {
         None => {
             ApiError::not_found("tokens are signed with a shared secret; no JWKS").into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod documentation {
+    #[test]
+    fn every_route_is_documented() {
+        use utoipa::OpenApi;
+        let doc = service_kit::openapi::json(&super::ApiDoc::openapi());
+        let missing = service_kit::openapi::undocumented_routes(include_str!("routes.rs"), &doc);
+        assert!(missing.is_empty(), "undocumented routes: {missing:?}");
     }
 }

@@ -41,7 +41,9 @@ pub fn api(state: AppState) -> Router {
         send,
         history,
         service_kit::probes::healthz,
-        service_kit::probes::readyz
+        service_kit::probes::readyz,
+        service_kit::probes::metrics_doc,
+        service_kit::probes::openapi_doc
     ),
     components(schemas(
         StartChat,
@@ -125,10 +127,11 @@ pub struct HistoryPage {
 #[derive(Deserialize, IntoParams)]
 pub struct HistoryParams {
     /// A version-1 UUID: only messages strictly older are returned (usually
-    /// the oldest message the client has). Absent: the newest messages.
+    /// the oldest message the client has). Absent or empty: the newest
+    /// messages.
     #[param(
         value_type = Option<Uuid>,
-        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-1[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-1[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$"
     )]
     pub time: Option<String>,
     /// 1–100, default 10.
@@ -288,4 +291,15 @@ async fn history(
         has_more,
         next_time,
     }))
+}
+
+#[cfg(test)]
+mod documentation {
+    #[test]
+    fn every_route_is_documented() {
+        use utoipa::OpenApi;
+        let doc = service_kit::openapi::json(&super::ApiDoc::openapi());
+        let missing = service_kit::openapi::undocumented_routes(include_str!("routes.rs"), &doc);
+        assert!(missing.is_empty(), "undocumented routes: {missing:?}");
+    }
 }

@@ -7,7 +7,11 @@
 //!   answers of the shared extractors where an operation takes a body or
 //!   parameters;
 //! - the JSON error body ([`crate::error::ErrorBody`]) on every 4xx and 5xx
-//!   response that does not name a body of its own.
+//!   response that does not name a body of its own;
+//! - in the served JSON ([`json`]), Server-Sent Events described event by
+//!   event: OpenAPI 3.1 reads the `schema` of `text/event-stream` as one
+//!   event (`event`, `id`, `data`), whose `data` is JSON text of the schema
+//!   the operation names.
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -97,4 +101,89 @@ pub fn merged(title: &str, description: &str, docs: impl IntoIterator<Item = Ope
     out.info.title = title.into();
     out.info.description = Some(description.into());
     out
+}
+
+/// The document as served: `doc` as JSON, with each `text/event-stream`
+/// response's schema `S` turned into the schema of one event, whose `data`
+/// holds `S` as JSON text (`contentMediaType` / `contentSchema`, which
+/// utoipa's types cannot express).
+pub fn json(doc: &OpenApi) -> serde_json::Value {
+    let mut value = serde_json::to_value(doc).unwrap_or_default();
+    let Some(paths) = value.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return value;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            for response in responses.values_mut() {
+                if let Some(stream) = response.pointer_mut("/content/text~1event-stream") {
+                    if let Some(data) = stream.get("schema").cloned() {
+                        stream["schema"] = serde_json::json!({
+                            "type": "object",
+                            "description": "One Server-Sent Event.",
+                            "required": ["data"],
+                            "properties": {
+                                "event": { "type": "string" },
+                                "id": { "type": "string" },
+                                "data": {
+                                    "type": "string",
+                                    "contentMediaType": "application/json",
+                                    "contentSchema": data
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+    value
+}
+
+/// The routes registered in `source` (Rust, one `.route("path", get(…)…)`
+/// call per line) that `doc` (as served, see [`json`]) does not document,
+/// as `"METHOD path"`. For each service's test that fails when a route is
+/// added without its documentation.
+pub fn undocumented_routes(source: &str, doc: &serde_json::Value) -> Vec<String> {
+    let mut missing = Vec::new();
+    for line in source.lines() {
+        let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+            continue;
+        };
+        let Some((path, handlers)) = rest.split_once('"') else {
+            continue;
+        };
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let called = handlers.match_indices(method).any(|(at, _)| {
+                let before = handlers[..at].chars().last();
+                let after = handlers[at + method.len()..].chars().next();
+                matches!(before, Some('(' | '.' | ' ' | ',')) && after == Some('(')
+            });
+            if called && doc["paths"][path][method].is_null() {
+                missing.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_without_documentation_are_found() {
+        let doc = serde_json::json!({ "paths": { "/a": { "get": {} } } });
+        let source = r#"
+            Router::new()
+                .route("/a", get(a).post(b))
+                .route("/c", get(c))
+        "#;
+        assert_eq!(undocumented_routes(source, &doc), ["POST /a", "GET /c"]);
+    }
 }
