@@ -240,9 +240,7 @@ mod tests {
 
     #[test]
     fn every_route_is_documented() {
-        let doc = service_kit::openapi::json(&super::openapi());
-        let missing = service_kit::openapi::undocumented_routes(include_str!("lib.rs"), &doc);
-        assert!(missing.is_empty(), "undocumented routes: {missing:?}");
+        service_kit::openapi::assert_documented(include_str!("lib.rs"), &super::openapi());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What every OpenAPI document of the backend has in common, applied as a
 //! [`utoipa::Modify`] after a service's `#[derive(OpenApi)]`:
 //!
+//! - the probes every server has (`/healthz`, `/readyz`, `/metrics`,
+//!   `/openapi.json`);
 //! - the `bearer` security scheme (an access token from auth-service's
 //!   `POST /login`) that secured operations name;
 //! - a 401 response on every secured operation, and the 400/413/415/422
@@ -25,6 +27,7 @@ pub struct Conventions;
 
 impl utoipa::Modify for Conventions {
     fn modify(&self, doc: &mut OpenApi) {
+        doc.merge(<crate::probes::ProbesDoc as utoipa::OpenApi>::openapi());
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             BEARER,
@@ -145,10 +148,21 @@ pub fn json(doc: &OpenApi) -> serde_json::Value {
     value
 }
 
+/// Panics unless `doc` documents every route registered in `source`: for
+/// each service's test that fails when a route is added without its
+/// documentation.
+///
+/// # Panics
+///
+/// Naming the undocumented routes.
+pub fn assert_documented(source: &str, doc: &OpenApi) {
+    let missing = undocumented_routes(source, &json(doc));
+    assert!(missing.is_empty(), "undocumented routes: {missing:?}");
+}
+
 /// The routes registered in `source` (Rust, one `.route("path", get(…)…)`
 /// call per line) that `doc` (as served, see [`json`]) does not document,
-/// as `"METHOD path"`. For each service's test that fails when a route is
-/// added without its documentation.
+/// as `"METHOD path"`.
 pub fn undocumented_routes(source: &str, doc: &serde_json::Value) -> Vec<String> {
     let mut missing = Vec::new();
     for line in source.lines() {

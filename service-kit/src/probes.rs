@@ -98,17 +98,17 @@ where
     router(readyz).route("/openapi.json", get(openapi::<D>))
 }
 
+/// The probes' documentation, part of every service's document
+/// ([`crate::openapi::Conventions`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz, metrics_doc, openapi_doc))]
+pub struct ProbesDoc;
+
 #[cfg(test)]
 mod tests {
-    #[derive(utoipa::OpenApi)]
-    #[openapi(paths(super::healthz, super::readyz, super::metrics_doc, super::openapi_doc))]
-    struct Probes;
-
     #[test]
     fn every_probe_is_documented() {
         use utoipa::OpenApi;
-        let doc = crate::openapi::json(&Probes::openapi());
-        let missing = crate::openapi::undocumented_routes(include_str!("probes.rs"), &doc);
-        assert!(missing.is_empty(), "undocumented routes: {missing:?}");
+        crate::openapi::assert_documented(include_str!("probes.rs"), &super::ProbesDoc::openapi());
     }
 }
