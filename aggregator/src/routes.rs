@@ -304,10 +304,4 @@ async fn catch_up(
     }
 }
 
-#[cfg(test)]
-mod documentation {
-    #[test]
-    fn every_route_is_documented() {
-        service_kit::openapi::assert_documented(include_str!("routes.rs"), &super::openapi(true));
-    }
-}
+service_kit::test_every_route_is_documented!(include_str!("routes.rs"), openapi(true));

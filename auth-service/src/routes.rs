@@ -523,14 +523,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
     }
 }
 
-#[cfg(test)]
-mod documentation {
-    #[test]
-    fn every_route_is_documented() {
-        use utoipa::OpenApi;
-        service_kit::openapi::assert_documented(
-            include_str!("routes.rs"),
-            &super::ApiDoc::openapi(),
-        );
-    }
-}
+service_kit::test_every_route_is_documented!(
+    include_str!("routes.rs"),
+    <ApiDoc as utoipa::OpenApi>::openapi()
+);

@@ -289,14 +289,7 @@ async fn history(
     }))
 }
 
-#[cfg(test)]
-mod documentation {
-    #[test]
-    fn every_route_is_documented() {
-        use utoipa::OpenApi;
-        service_kit::openapi::assert_documented(
-            include_str!("routes.rs"),
-            &super::ApiDoc::openapi(),
-        );
-    }
-}
+service_kit::test_every_route_is_documented!(
+    include_str!("routes.rs"),
+    <ApiDoc as utoipa::OpenApi>::openapi()
+);

@@ -148,6 +148,20 @@ pub fn json(doc: &OpenApi) -> serde_json::Value {
     value
 }
 
+/// A test, `every_route_is_documented`, that fails when the routes in
+/// `$source` (usually `include_str!("routes.rs")`) include one that the
+/// document `$doc` does not describe (see [`assert_documented`]).
+#[macro_export]
+macro_rules! test_every_route_is_documented {
+    ($source:expr, $doc:expr) => {
+        #[cfg(test)]
+        #[test]
+        fn every_route_is_documented() {
+            $crate::openapi::assert_documented($source, &$doc);
+        }
+    };
+}
+
 /// Panics unless `doc` documents every route registered in `source`: for
 /// each service's test that fails when a route is added without its
 /// documentation.
