@@ -14,8 +14,11 @@ async fn main() -> anyhow::Result<()> {
     let addr = app.local_addr();
     let data =
         std::fs::canonicalize(app.data_dir()).unwrap_or_else(|_| app.data_dir().to_path_buf());
-    println!("chat-backend listening on http://{addr}  (web client at /)");
-    println!("data directory: {}", data.display());
-    tracing::info!(%addr, data = %data.display(), "chat-backend started");
+    // Through the log, in the configured format: nothing else goes to stdout.
+    tracing::info!(
+        url = %format!("http://{addr}/"),
+        data = %data.display(),
+        "chat-backend listening (the web client is at the url)"
+    );
     app.run_until_stopped(service_kit::shutdown::signal()).await
 }

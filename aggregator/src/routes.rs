@@ -215,7 +215,11 @@ async fn stream(
     // Subscribe before reading, so nothing falls between the two.
     let live = state.feed.subscribe();
     let (tx, rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(follow(state.feed.clone(), chat, resume, live, tx));
+    let open = OpenStream::new();
+    tokio::spawn(async move {
+        follow(state.feed.clone(), chat, resume, live, tx).await;
+        drop(open);
+    });
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -239,7 +243,12 @@ async fn follow(
         None => return,
     };
     loop {
-        match live.recv().await {
+        // Ends as soon as the client goes away, even if nothing changes.
+        let received = tokio::select! {
+            received = live.recv() => received,
+            () = tx.closed() => return,
+        };
+        match received {
             Ok(change) if change.chat_id == chat && change.version > last => {
                 last = change.version;
                 if tx
@@ -305,3 +314,20 @@ async fn catch_up(
 }
 
 service_kit::test_every_route_is_documented!(include_str!("routes.rs"), openapi(true));
+
+/// Counts a stream in `aggregator_streams_open` from its start until its
+/// task ends (the client went away).
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!("aggregator_streams_open").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!("aggregator_streams_open").decrement(1.0);
+    }
+}

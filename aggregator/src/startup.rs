@@ -57,6 +57,7 @@ impl Components {
     pub async fn build(config: &Config, wake: Option<OutboxWake>) -> anyhow::Result<Self> {
         config.validate()?;
         service_kit::metrics::handle();
+        describe_metrics();
         let embedded = match config.sink {
             SinkKind::Embedded => Some(EmbeddedSink::open(&config.data_dir, config.ttl()).await?),
             SinkKind::Firestore => None,
@@ -178,4 +179,52 @@ impl App {
         }
         result.context("pipeline")
     }
+}
+
+/// The `# HELP` of the aggregator's metrics.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!("aggregator_messages_in_total", "Events read from the log.");
+    describe_counter!(
+        "aggregator_duplicates_total",
+        "Events dropped as already applied (redelivered or re-published)."
+    );
+    describe_counter!(
+        "aggregator_undecodable_total",
+        "Log records that are not a known event (skipped, logged)."
+    );
+    describe_counter!("aggregator_batches_started_total", "Batches started.");
+    describe_counter!(
+        "aggregator_writes_total",
+        "Sink writes (each of one or more documents)."
+    );
+    describe_counter!(
+        "aggregator_documents_written_total",
+        "Documents written to the sink."
+    );
+    describe_counter!(
+        "aggregator_sink_errors_total",
+        "Sink writes that failed and were retried."
+    );
+    describe_gauge!(
+        "aggregator_documents_per_message",
+        "Documents written per message read, since start."
+    );
+    describe_gauge!(
+        "aggregator_consumer_lag",
+        "Records on the log not yet read by this consumer (Kafka source)."
+    );
+    describe_gauge!(
+        "aggregator_assigned_partitions",
+        "Log partitions the consumer group gives this aggregator (Kafka source)."
+    );
+    describe_counter!(
+        "aggregator_group_rejoins_total",
+        "Times this aggregator left and rejoined its consumer group after a stall."
+    );
+    describe_counter!(
+        "aggregator_streams_opened_total",
+        "Realtime streams opened."
+    );
+    describe_gauge!("aggregator_streams_open", "Realtime streams open now.");
 }

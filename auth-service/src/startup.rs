@@ -43,6 +43,7 @@ impl AppState {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything records.
         service_kit::metrics::handle();
+        describe_metrics();
         let url = config
             .database_url
             .as_ref()
@@ -114,4 +115,22 @@ impl service_kit::server::Service for AppState {
     async fn close(self) {
         self.db.close().await;
     }
+}
+
+/// The `# HELP` of auth-service's metrics.
+fn describe_metrics() {
+    metrics::describe_counter!("auth_registrations_total", "Users registered.");
+    metrics::describe_counter!(
+        "auth_logins_total",
+        "Login attempts, by outcome (success, failure)."
+    );
+    metrics::describe_counter!(
+        "auth_refresh_reuse_total",
+        "Spent refresh tokens presented again (each revokes its token family)."
+    );
+    metrics::describe_histogram!(
+        "password_hash_seconds",
+        metrics::Unit::Seconds,
+        "Time to hash or verify one password (Argon2id)."
+    );
 }

@@ -58,6 +58,10 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         service_kit::metrics::handle();
+        metrics::describe_counter!(
+            "chat_messages_sent_total",
+            "Sends acknowledged, by outcome: new, or repeat (a client_message_id already stored)."
+        );
         let http = reqwest::Client::new();
         // The configured key, or else the HS256 secret auth-service keeps
         // in the shared data directory (embedded mode).

@@ -15,6 +15,11 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+fn process() -> &'static metrics_process::Collector {
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
 
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn handle() -> PrometheusHandle {
@@ -32,32 +37,62 @@ pub fn handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
+            process().describe();
+            metrics::describe_counter!(
+                "http_requests_total",
+                "HTTP requests answered, by service, method, route template and status."
+            );
+            metrics::describe_histogram!(
+                "http_request_duration_seconds",
+                metrics::Unit::Seconds,
+                "Time to answer an HTTP request (until the response head), by service, method, route template and status."
+            );
             handle
         })
         .clone()
 }
 
-/// `GET /metrics`: the Prometheus text exposition.
+/// `GET /metrics`: the Prometheus text exposition, with the process's
+/// own metrics (`process_*`: CPU, memory, file descriptors, threads) read
+/// at each scrape.
 pub async fn render() -> Response {
+    let handle = handle();
+    process().collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle().render(),
+        handle.render(),
     )
         .into_response()
 }
 
 /// Middleware recording `http_requests_total` and
-/// `http_request_duration_seconds` by service, method, route and status.
-/// The route is the matched path template, so ids never explode cardinality.
+/// `http_request_duration_seconds` by service, method, route and status,
+/// and logging one access line per request at `info` (inside the request's
+/// span, which carries its request id). The route is the matched path
+/// template and the method one of the standard ones (else `other`), so
+/// clients cannot grow the label sets.
 pub async fn track(service: &'static str, request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(request).await;
+    let elapsed = start.elapsed();
+    tracing::info!(
+        target: "access",
+        method = %method,
+        route = %route,
+        status = response.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
     let status = response.status().as_u16().to_string();
     let labels = [
         ("service", service.to_owned()),
@@ -66,7 +101,6 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
         ("status", status),
     ];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
     response
 }

@@ -519,3 +519,30 @@ pub async fn assert_cors(base: &str, path: &str, allowed: Option<&str>, refused:
         "{refused} must not be allowed"
     );
 }
+
+/// Asserts that a `/metrics` scrape describes every metric family (a
+/// `# HELP` line for each `# TYPE`) and carries the process metrics.
+pub fn assert_metrics_described(scrape: &str) {
+    let help: std::collections::HashSet<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let undescribed: Vec<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !help.contains(name))
+        .collect();
+    assert!(
+        undescribed.is_empty(),
+        "metrics without # HELP: {undescribed:?}"
+    );
+    for process in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(scrape.contains(process), "{process} in {scrape}");
+    }
+}

@@ -299,3 +299,63 @@ async fn the_all_in_one_ignores_the_services_settings_in_its_environment() {
     );
     server.stop();
 }
+
+/// Operators' view: with `--log-format json` every line on stdout is a JSON
+/// log record (nothing else is printed), and each request gets one access
+/// line at info with its method, route, status, latency and request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_with_an_access_line_per_request() {
+    use std::io::Read;
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = testkit::free_port();
+    let mut command =
+        testkit::service_command(env!("CARGO_BIN_EXE_chat-backend"), port, data.path());
+    command
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped());
+    let mut process = testkit::Process::spawn("chat-backend", &mut command, Some(port));
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/chats"))
+        .header("x-request-id", "e2e-access-1")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
+    assert!(process.stop().success());
+    let mut stdout = String::new();
+    process
+        .child()
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    let records: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        records.iter().any(|r| r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("listening"))),
+        "the start-up line is a log record: {stdout}"
+    );
+    let access: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["target"] == "access" && r["route"] == "/chats")
+        .collect();
+    assert_eq!(access.len(), 1, "one access line: {stdout}");
+    let line = access[0];
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(
+        (line["method"].as_str(), line["status"].as_u64()),
+        (Some("GET"), Some(401))
+    );
+    assert!(line["latency_ms"].as_f64().is_some(), "{line}");
+    assert_eq!(line["span"]["request_id"], "e2e-access-1", "{line}");
+}

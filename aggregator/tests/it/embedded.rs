@@ -342,6 +342,34 @@ async fn a_stream_ticket_opens_one_stream_for_its_user() {
         doc(first.last().expect("event"))["messages"][0]["text"],
         "hi"
     );
+    let scrape = || {
+        let url = format!("http://{}/metrics", s.agg.addr);
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let open_streams = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("aggregator_streams_open "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let metrics = scrape().await;
+    testkit::assert_metrics_described(&metrics);
+    assert_eq!(open_streams(&metrics), Some(1.0), "{metrics}");
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_streams(&scrape().await) != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "a closed stream is no longer counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let again = open(&t).await.expect("stream");
     assert_eq!(

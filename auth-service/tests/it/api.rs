@@ -21,6 +21,7 @@ async fn health_metrics_and_openapi(backend: Backend) {
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(metrics.contains("auth_logins_total"), "{metrics}");
     assert!(metrics.contains("password_hash_seconds"), "{metrics}");
+    testkit::assert_metrics_described(&metrics);
 
     let doc: Value = app
         .get("/openapi.json", None)

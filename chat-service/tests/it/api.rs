@@ -417,6 +417,7 @@ async fn probes_metrics_and_openapi() {
     s.sent(id, &alice, "hi").await;
     let metrics = s.get("/metrics", None).await.text().await.expect("text");
     assert!(metrics.contains("chat_messages_sent_total"), "{metrics}");
+    testkit::assert_metrics_described(&metrics);
     let doc: Value = s
         .get("/openapi.json", None)
         .await
