@@ -149,7 +149,8 @@ pub fn json(doc: &OpenApi) -> serde_json::Value {
 }
 
 /// A test, `every_route_is_documented`, that fails when the routes in
-/// `$source` (usually `include_str!("routes.rs")`) include one that the
+/// `$source` (usually the service's routes file, read with `include_str!`)
+/// include one that the
 /// document `$doc` does not describe (see [`assert_documented`]).
 #[macro_export]
 macro_rules! test_every_route_is_documented {
