@@ -1,6 +1,6 @@
-// Browser test of the web client: the real all-in-one binary, two users in
-// two headless Chromium pages. One sends; the other sees the message appear
-// without reloading. A screenshot is kept in $ARTIFACTS_DIR (./artifacts).
+// Browser tests of the web client: the real all-in-one binary and headless
+// Chromium, each case at a phone width (390 px) and a desktop width
+// (1280 px). Screenshots are kept in $ARTIFACTS_DIR (./artifacts).
 //
 // CHAT_BACKEND_BIN: the chat-backend binary. CHROMIUM: the browser
 // (/usr/bin/chromium by default, Debian's package).
@@ -39,6 +39,10 @@ async function waitForHttp(url, ms) {
   throw new Error(`${url} did not answer`);
 }
 
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
 const port = await freePort();
 const data = mkdtempSync(join(tmpdir(), "chat-browser-"));
 const server = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--data-dir", data], {
@@ -46,29 +50,251 @@ const server = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--data-dir", data],
   env: { ...process.env, RUST_LOG: "warn" },
 });
 const base = `http://127.0.0.1:${port}`;
+// The same server under a name that is not a secure context (plain HTTP,
+// not localhost): what a phone on the LAN sees.
+const insecureBase = `http://chat.test:${port}`;
+const WIDTHS = { phone: { width: 390, height: 800 }, desktop: { width: 1280, height: 800 } };
 let browser;
+let unique = 0;
+
+// A user made over the API; returns { name, id, token }.
+async function apiUser(prefix) {
+  const name = `${prefix}${++unique}`;
+  const json = { "content-type": "application/json" };
+  const credentials = JSON.stringify({ username: name, password: "password123" });
+  check((await fetch(`${base}/users`, { method: "POST", headers: json, body: credentials })).status === 201, "register");
+  const login = await (await fetch(`${base}/login`, { method: "POST", headers: json, body: credentials })).json();
+  return { name, id: login.user.id, token: login.access_token };
+}
+
+async function apiCall(user, method, path, body) {
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${user.token}`, "content-type": "application/json" },
+    body: body && JSON.stringify(body),
+  });
+  return { status: response.status, body: await response.json().catch(() => null) };
+}
+
+async function page(size, origin = base) {
+  const context = await browser.newContext({ viewport: WIDTHS[size] });
+  const p = await context.newPage();
+  await p.goto(origin);
+  return p;
+}
+
+async function signIn(p, user) {
+  await p.fill("#username", user.name);
+  await p.fill("#password", "password123");
+  await p.click("#login");
+  await p.waitForSelector("#app:not([hidden])");
+}
+
+async function signUp(p, name) {
+  await p.fill("#username", name);
+  await p.fill("#password", "password123");
+  await p.click("#register");
+  await p.waitForSelector("#app:not([hidden])");
+}
+
+async function openChatWith(p, name) {
+  await p.fill("#search", name);
+  await p.click(`#results .item[data-username="${name}"]`);
+  await p.waitForSelector("#composer:not([hidden])");
+}
+
+async function openListedChat(p, name) {
+  await p.click(`#chats .item >> text="${name}"`);
+  await p.waitForSelector("#composer:not([hidden])");
+}
+
+async function send(p, text) {
+  await p.fill("#text", text);
+  await p.click("#send");
+}
+
+// The texts of the stored messages on the page, in page order.
+function texts(p) {
+  return p.$$eval(".msg", (els) => els.map((e) => e.firstChild.textContent));
+}
+
+async function shot(p, name) {
+  const path = join(artifacts, `browser-${name}.png`);
+  await p.screenshot({ path });
+  return path;
+}
+
+// The conversation takes most of the width, and every visible message and
+// the composer lie within the viewport.
+async function fitsTheScreen(p, size) {
+  const width = WIDTHS[size].width;
+  const conversation = await p.$eval("#messages", (e) => e.getBoundingClientRect().width);
+  check(conversation >= (size === "phone" ? 0.9 : 0.6) * width, `the conversation is ${conversation} px of ${width}`);
+  const boxes = await p.$$eval(".msg, #composer, #text, #send", (els) =>
+    els.map((e) => e.getBoundingClientRect()).map((r) => ({ left: r.left, right: r.right, w: r.width })));
+  for (const b of boxes) check(b.w > 0 && b.left >= 0 && b.right <= width + 1, `off screen at ${width} px: ${JSON.stringify(b)}`);
+}
+
+const cases = {
+  // Two people: one sends, the other sees it arrive without reloading.
+  async "two users chat live"(size) {
+    const alice = await page(size);
+    const bob = await page(size);
+    const [a, b] = [`alice${++unique}`, `bob${++unique}`];
+    await signUp(alice, a);
+    await signUp(bob, b);
+    await openChatWith(alice, b);
+    await openChatWith(bob, a);
+    const started = Date.now();
+    await fitsTheScreen(alice, size);
+    await send(alice, "hello from alice");
+    await bob.waitForSelector('.msg:not(.mine) >> text="hello from alice"', { timeout: 5_000 });
+    console.log(`  bob saw alice's message ${Date.now() - started} ms after she sent it`);
+    await send(bob, "hi alice, got it");
+    await alice.waitForSelector('.msg:not(.mine) >> text="hi alice, got it"', { timeout: 5_000 });
+    await send(alice, "great");
+    await bob.waitForSelector('.msg:not(.mine) >> text="great"', { timeout: 5_000 });
+    for (const p of [alice, bob]) {
+      const shown = await texts(p);
+      check(JSON.stringify(shown) === JSON.stringify(["hello from alice", "hi alice, got it", "great"]), `messages: ${JSON.stringify(shown)}`);
+      await fitsTheScreen(p, size);
+    }
+    // A day label heads the conversation, once.
+    check((await bob.$$eval(".day", (els) => els.map((e) => e.textContent))).join() === "Today", "one day label: Today");
+    await bob.reload();
+    await openListedChat(bob, a);
+    await bob.waitForSelector('.msg >> text="great"');
+    return shot(bob, `two-users-${size}`);
+  },
+
+  // Over plain HTTP on a LAN name there is no crypto.randomUUID; sending
+  // still works, with a client id made from crypto.getRandomValues.
+  async "sends from a non-secure origin"(size) {
+    const [me, other] = [await apiUser("lan"), await apiUser("peer")];
+    const p = await page(size, insecureBase);
+    const secure = await p.evaluate(() => [window.isSecureContext, typeof crypto.randomUUID]);
+    check(secure[0] === false && secure[1] === "undefined", `expected a non-secure context, got ${secure}`);
+    await signIn(p, me);
+    await openChatWith(p, other.name);
+    await send(p, "sent over plain http");
+    await p.waitForSelector('.msg.mine:not(.sending):not(.failed) >> text="sent over plain http"', { timeout: 5_000 });
+    const chat = (await apiCall(other, "GET", "/chats")).body.chats[0].id;
+    const history = (await apiCall(other, "GET", `/chat/${chat}?quantity=10`)).body.messages;
+    check(history.length === 1 && history[0].text === "sent over plain http" && history[0].client_message_id, "stored once, with a client id");
+    return shot(p, `non-secure-${size}`);
+  },
+
+  // One ordered timeline however history pages and stream snapshots arrive.
+  async "shows a long chat in order"(size) {
+    const [a, b] = [await apiUser("long"), await apiUser("reader")];
+    const chat = (await apiCall(a, "POST", "/chats", { user_id: b.id })).body.id;
+    const sent = [];
+    for (let i = 1; i <= 50; i++) {
+      const from = i % 7 < 4 ? a : b; // runs of senders: several batches
+      sent.push(`m${i}`);
+      check((await apiCall(from, "POST", `/chat/${chat}/messages`, { text: `m${i}`, client_message_id: `c${i}` })).status === 201, "send");
+    }
+    const p = await page(size);
+    await signIn(p, b);
+    await openListedChat(p, a.name);
+    await p.waitForFunction(() => document.querySelectorAll(".msg").length >= 30);
+    // Older pages: scroll to the top until everything is there.
+    for (let i = 0; i < 5 && (await p.$$(".msg")).length < 50; i++) {
+      await p.click("#older", { timeout: 1_000 }).catch(() => {});
+      await p.waitForTimeout(300);
+    }
+    const shown = await texts(p);
+    check(JSON.stringify(shown) === JSON.stringify(sent), `order: ${JSON.stringify(shown)}`);
+    // New messages go at the end.
+    await apiCall(a, "POST", `/chat/${chat}/messages`, { text: "m51" });
+    await p.waitForSelector('.msg >> text="m51"', { timeout: 5_000 });
+    const after = await texts(p);
+    check(after.at(-1) === "m51" && after.length === 51, `after: ${JSON.stringify(after.slice(-3))}`);
+    return shot(p, `long-chat-${size}`);
+  },
+
+  // A chat someone else starts shows up without a reload.
+  async "a new chat from someone else appears"(size) {
+    const [me, caller] = [await apiUser("callee"), await apiUser("caller")];
+    const p = await page(size);
+    await signIn(p, me);
+    check((await apiCall(caller, "POST", "/chats", { user_id: me.id })).status === 201, "chat");
+    await p.waitForSelector(`#chats .item >> text="${caller.name}"`, { timeout: 8_000 });
+    return shot(p, `new-chat-${size}`);
+  },
+
+  // A send whose answer is lost shows as failed; the retry uses the same
+  // client_message_id, so the message is stored once.
+  async "a failed send is shown and retried once"(size) {
+    const [me, other] = [await apiUser("flaky"), await apiUser("steady")];
+    const p = await page(size);
+    await signIn(p, me);
+    await openChatWith(p, other.name);
+    // The request reaches the server, the answer never reaches the page.
+    await p.route("**/chat/*/messages", async (route) => {
+      await route.fetch();
+      await route.abort("connectionreset");
+    });
+    await send(p, "lost answer");
+    // Passing failures are retried by the page first; then it says so.
+    await p.waitForSelector('.msg.failed >> text="lost answer"', { timeout: 15_000 });
+    check(await p.isVisible('.msg.failed button >> text="Retry"'), "a retry button");
+    await shot(p, `failed-send-${size}`);
+    await p.unroute("**/chat/*/messages");
+    await p.click('.msg.failed button >> text="Retry"');
+    await p.waitForSelector('.msg.mine:not(.failed):not(.sending) >> text="lost answer"', { timeout: 5_000 });
+    check((await p.$$(".msg.failed")).length === 0, "no failed message left");
+    const chat = (await apiCall(other, "GET", "/chats")).body.chats[0].id;
+    const history = (await apiCall(other, "GET", `/chat/${chat}?quantity=10`)).body.messages;
+    check(history.filter((m) => m.text === "lost answer").length === 1, `stored once: ${JSON.stringify(history)}`);
+    const shown = (await texts(p)).filter((t) => t === "lost answer");
+    check(shown.length === 1, "shown once");
+    return shot(p, `retried-send-${size}`);
+  },
+
+  // A passing failure is retried by the page itself: the answer to the
+  // first attempt is lost, the second gets the stored message; one copy.
+  async "a lost answer is retried by itself"(size) {
+    const [me, other] = [await apiUser("blip"), await apiUser("calm")];
+    const p = await page(size);
+    await signIn(p, me);
+    await openChatWith(p, other.name);
+    let lost = 0;
+    await p.route("**/chat/*/messages", async (route) => {
+      await route.fetch();
+      if (lost++ === 0) await route.abort("connectionreset");
+      else await route.continue();
+    });
+    await send(p, "blip");
+    await p.waitForSelector('.msg.mine:not(.failed):not(.sending) >> text="blip"', { timeout: 10_000 });
+    await p.waitForTimeout(500);
+    check((await texts(p)).filter((t) => t === "blip").length === 1, "shown once");
+    check((await p.$$(".msg.failed, .msg.sending")).length === 0, "nothing pending");
+    const chat = (await apiCall(other, "GET", "/chats")).body.chats[0].id;
+    const history = (await apiCall(other, "GET", `/chat/${chat}?quantity=10`)).body.messages;
+    check(history.filter((m) => m.text === "blip").length === 1, "stored once");
+    return shot(p, `auto-retry-${size}`);
+  },
+
+  // Registration errors name the field they are about.
+  async "form errors are shown by field"(size) {
+    const p = await page(size);
+    await p.fill("#username", "x");
+    await p.fill("#password", "short");
+    await p.click("#register");
+    await p.waitForFunction(() => document.getElementById("password-error").textContent !== "");
+    const errors = await p.evaluate(() => [
+      document.getElementById("username-error").textContent,
+      document.getElementById("password-error").textContent,
+      document.getElementById("username").getAttribute("aria-invalid"),
+    ]);
+    check(errors[0].includes("username") && errors[1].includes("8") && errors[2] === "true", `field errors: ${errors}`);
+    return shot(p, `form-errors-${size}`);
+  },
+};
+
 let passed = 0;
 let failed = 0;
-
-async function signUp(page, name) {
-  await page.goto(base);
-  await page.fill("#username", name);
-  await page.fill("#password", "password123");
-  await page.click("#register");
-  await page.waitForSelector("#app:not([hidden])");
-}
-
-async function openChatWith(page, name) {
-  await page.fill("#search", name);
-  await page.click(`#results .item[data-username="${name}"]`);
-  await page.waitForSelector("#composer:not([hidden])");
-}
-
-async function send(page, text) {
-  await page.fill("#text", text);
-  await page.click("#send");
-}
-
 try {
   await waitForHttp(`${base}/healthz`, 30_000);
   browser = await chromium.launch({
@@ -76,49 +302,21 @@ try {
     args: [
       "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--host-resolver-rules=MAP chat.test 127.0.0.1",
     ],
   });
-  // Separate contexts: separate sessions, like two people.
-  const alice = await (await browser.newContext({ viewport: { width: 1000, height: 640 } })).newPage();
-  const bob = await (await browser.newContext({ viewport: { width: 1000, height: 640 } })).newPage();
-
-  await signUp(alice, "alice");
-  await signUp(bob, "bob");
-  await openChatWith(alice, "bob");
-  await openChatWith(bob, "alice");
-
-  const started = Date.now();
-  await send(alice, "hello from alice");
-  // Bob's page never reloads: the message arrives over the stream.
-  await bob.waitForSelector('.msg:not(.mine) >> text="hello from alice"', { timeout: 5_000 });
-  console.log(`bob saw alice's message ${Date.now() - started} ms after she sent it`);
-
-  await send(bob, "hi alice, got it");
-  await alice.waitForSelector('.msg:not(.mine) >> text="hi alice, got it"', { timeout: 5_000 });
-  await send(alice, "great");
-  await bob.waitForSelector('.msg:not(.mine) >> text="great"', { timeout: 5_000 });
-
-  // Each message shows once on each side.
-  for (const page of [alice, bob]) {
-    const texts = await page.$$eval(".msg", (els) => els.map((e) => e.firstChild.textContent));
-    const expected = ["hello from alice", "hi alice, got it", "great"];
-    if (JSON.stringify(texts) !== JSON.stringify(expected)) {
-      throw new Error(`messages on the page: ${JSON.stringify(texts)}`);
+  for (const [name, run] of Object.entries(cases)) {
+    for (const size of Object.keys(WIDTHS)) {
+      try {
+        const path = await run(size);
+        console.log(`ok    ${name} (${size}): ${path}`);
+        passed += 1;
+      } catch (e) {
+        console.error(`FAIL  ${name} (${size}): ${e.stack || e}`);
+        failed += 1;
+      }
     }
   }
-
-  // A reload shows the same conversation from history.
-  await bob.reload();
-  await bob.click(`#chats .item`);
-  await bob.waitForSelector('.msg >> text="great"');
-
-  const shot = join(artifacts, "browser-two-users.png");
-  await bob.screenshot({ path: shot });
-  console.log(`screenshot: ${shot}`);
-  passed += 1;
-} catch (e) {
-  console.error(e);
-  failed += 1;
 } finally {
   if (browser) await browser.close();
   // Wait for the graceful stop: it still writes to the data directory
