@@ -103,12 +103,15 @@ pub struct RegisterRequest {
 
 #[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
+    #[schema(example = "alice")]
     pub username: String,
+    #[schema(example = "correct horse")]
     pub password: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct RefreshRequest {
+    /// The `refresh_token` of the last login or refresh (single use).
     pub refresh_token: String,
 }
 

@@ -58,6 +58,7 @@ pub struct ApiDoc;
 #[derive(Deserialize, ToSchema)]
 pub struct StartChat {
     /// The other participant.
+    #[schema(example = "0b6ad5c4-6f4e-4b8e-9f5d-2f1f6f0a9c3e")]
     pub user_id: Uuid,
 }
 
