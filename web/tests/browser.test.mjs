@@ -108,6 +108,22 @@ async function openListedChat(p, name) {
   await p.waitForSelector("#composer:not([hidden])");
 }
 
+// A page signed in as a new user, in a chat with another new user.
+async function inChat(size, mine, theirs, origin = base) {
+  const [me, other] = [await apiUser(mine), await apiUser(theirs)];
+  const p = await page(size, origin);
+  await signIn(p, me);
+  await openChatWith(p, other.name);
+  return { p, me, other };
+}
+
+// How many times the other user's history holds `text`.
+async function storedCount(other, text) {
+  const chat = (await apiCall(other, "GET", "/chats")).body.chats[0].id;
+  const history = (await apiCall(other, "GET", `/chat/${chat}?quantity=50`)).body.messages;
+  return history.filter((m) => m.text === text && m.client_message_id).length;
+}
+
 async function send(p, text) {
   await p.fill("#text", text);
   await p.click("#send");
@@ -170,17 +186,12 @@ const cases = {
   // Over plain HTTP on a LAN name there is no crypto.randomUUID; sending
   // still works, with a client id made from crypto.getRandomValues.
   async "sends from a non-secure origin"(size) {
-    const [me, other] = [await apiUser("lan"), await apiUser("peer")];
-    const p = await page(size, insecureBase);
+    const { p, other } = await inChat(size, "lan", "peer", insecureBase);
     const secure = await p.evaluate(() => [window.isSecureContext, typeof crypto.randomUUID]);
     check(secure[0] === false && secure[1] === "undefined", `expected a non-secure context, got ${secure}`);
-    await signIn(p, me);
-    await openChatWith(p, other.name);
     await send(p, "sent over plain http");
     await p.waitForSelector('.msg.mine:not(.sending):not(.failed) >> text="sent over plain http"', { timeout: 5_000 });
-    const chat = (await apiCall(other, "GET", "/chats")).body.chats[0].id;
-    const history = (await apiCall(other, "GET", `/chat/${chat}?quantity=10`)).body.messages;
-    check(history.length === 1 && history[0].text === "sent over plain http" && history[0].client_message_id, "stored once, with a client id");
+    check((await storedCount(other, "sent over plain http")) === 1, "stored once, with a client id");
     return shot(p, `non-secure-${size}`);
   },
 
@@ -226,10 +237,7 @@ const cases = {
   // A send whose answer is lost shows as failed; the retry uses the same
   // client_message_id, so the message is stored once.
   async "a failed send is shown and retried once"(size) {
-    const [me, other] = [await apiUser("flaky"), await apiUser("steady")];
-    const p = await page(size);
-    await signIn(p, me);
-    await openChatWith(p, other.name);
+    const { p, other } = await inChat(size, "flaky", "steady");
     // The request reaches the server, the answer never reaches the page.
     await p.route("**/chat/*/messages", async (route) => {
       await route.fetch();
@@ -242,11 +250,9 @@ const cases = {
     await shot(p, `failed-send-${size}`);
     await p.unroute("**/chat/*/messages");
     await p.click('.msg.failed button >> text="Retry"');
-    await p.waitForSelector('.msg.mine:not(.failed):not(.sending) >> text="lost answer"', { timeout: 5_000 });
-    check((await p.$$(".msg.failed")).length === 0, "no failed message left");
-    const chat = (await apiCall(other, "GET", "/chats")).body.chats[0].id;
-    const history = (await apiCall(other, "GET", `/chat/${chat}?quantity=10`)).body.messages;
-    check(history.filter((m) => m.text === "lost answer").length === 1, `stored once: ${JSON.stringify(history)}`);
+    await p.waitForFunction(() => !document.querySelector(".msg.sending, .msg.failed"), null, { timeout: 10_000 });
+    await p.waitForSelector('.msg.mine >> text="lost answer"', { timeout: 5_000 });
+    check((await storedCount(other, "lost answer")) === 1, "stored once");
     const shown = (await texts(p)).filter((t) => t === "lost answer");
     check(shown.length === 1, "shown once");
     return shot(p, `retried-send-${size}`);
@@ -255,10 +261,7 @@ const cases = {
   // A passing failure is retried by the page itself: the answer to the
   // first attempt is lost, the second gets the stored message; one copy.
   async "a lost answer is retried by itself"(size) {
-    const [me, other] = [await apiUser("blip"), await apiUser("calm")];
-    const p = await page(size);
-    await signIn(p, me);
-    await openChatWith(p, other.name);
+    const { p, other } = await inChat(size, "blip", "calm");
     let lost = 0;
     await p.route("**/chat/*/messages", async (route) => {
       await route.fetch();
@@ -267,12 +270,11 @@ const cases = {
     });
     await send(p, "blip");
     await p.waitForSelector('.msg.mine:not(.failed):not(.sending) >> text="blip"', { timeout: 10_000 });
-    await p.waitForTimeout(500);
+    // The stream may show the stored copy before the retry's answer comes.
+    await p.waitForFunction(() => !document.querySelector(".msg.sending, .msg.failed"), null, { timeout: 10_000 });
     check((await texts(p)).filter((t) => t === "blip").length === 1, "shown once");
     check((await p.$$(".msg.failed, .msg.sending")).length === 0, "nothing pending");
-    const chat = (await apiCall(other, "GET", "/chats")).body.chats[0].id;
-    const history = (await apiCall(other, "GET", `/chat/${chat}?quantity=10`)).body.messages;
-    check(history.filter((m) => m.text === "blip").length === 1, "stored once");
+    check((await storedCount(other, "blip")) === 1, "stored once");
     return shot(p, `auto-retry-${size}`);
   },
 
