@@ -43,7 +43,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     #[command(flatten)]
-    pub send: chat_service::config::SendLimit,
+    pub limits: chat_service::config::ChatLimits,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
@@ -143,7 +143,7 @@ impl App {
         let auth = auth_service::AppState::build(&auth_service::Config::embedded(dir)).await?;
         let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));
         let mut chat_config = chat_service::Config::embedded(dir);
-        chat_config.send = config.send.clone();
+        chat_config.limits = config.limits.clone();
         let chat = chat_service::AppState::build_with(&chat_config, Some(users)).await?;
         // SQLite has no per-document write limit, so the embedded store can
         // show a growing batch sooner than Firestore's once a second.

@@ -4,8 +4,8 @@
 //!   unique across processes and monotonic within one;
 //! - [`ChatId`], [`UserId`]: typed ids;
 //! - [`chat_id`]: the chat id derived from the pair of participants;
-//! - [`event`]: the `message.created` event on the log (Kafka or embedded),
-//!   its JSON form and its decoding;
+//! - [`event`]: the events on the log (Kafka or embedded): messages,
+//!   timeline events and read horizons, their JSON form and their decoding;
 //! - [`KafkaTopic`]: where that event lives on Kafka, one settings group for
 //!   chat-service (which produces it) and the aggregator (which consumes it).
 
@@ -13,21 +13,23 @@ pub mod event;
 pub mod ids;
 pub mod timeuuid;
 
-pub use event::{EventError, MessageCreated};
+pub use event::{
+    ChatEvent, ChatEventType, ChatKind, Event, EventError, MessageCreated, ReadUpdated,
+};
 pub use ids::{ChatId, UserId};
 pub use timeuuid::{TimeUuid, TimeUuidGenerator};
 
 use uuid::Uuid;
 
-/// Where `message.created` events live on Kafka.
+/// Where the chat events live on Kafka.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaTopic {
     /// Kafka bootstrap servers, `host:port[,host:port…]`.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
 
-    /// Topic of `message.created` events (chat-service creates it when
-    /// missing).
+    /// Topic of the chat events (`message.created`, timeline events,
+    /// `read.updated`); chat-service creates it when missing.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
     pub kafka_topic: String,
 }

@@ -13,9 +13,10 @@ use secrecy::SecretString;
 use service_kit::telemetry::LogFormat;
 
 /// chat-service: chats, sending and TimeUUID history.
-/// The per-user send rate limit (also a setting of the all-in-one).
+/// Limits of chats: the per-user send rate and the size of groups (also
+/// settings of the all-in-one).
 #[derive(Debug, Clone, Args)]
-pub struct SendLimit {
+pub struct ChatLimits {
     /// Messages a user may send per second (sustained).
     #[arg(long, env = "SEND_RATE_PER_SEC", default_value = "10")]
     pub send_rate_per_sec: NonZeroU32,
@@ -23,6 +24,16 @@ pub struct SendLimit {
     /// Messages a user may send in a burst.
     #[arg(long, env = "SEND_BURST", default_value = "30")]
     pub send_burst: NonZeroU32,
+
+    /// Most members a group may hold, its owner included (2 to 10000: every
+    /// membership event on the log lists them all).
+    #[arg(
+        long,
+        env = "MAX_GROUP_MEMBERS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(2..=10_000)
+    )]
+    pub max_group_members: u32,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -51,7 +62,7 @@ pub struct Config {
     pub log: LogConfig,
 
     #[command(flatten)]
-    pub send: SendLimit,
+    pub limits: ChatLimits,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
@@ -183,6 +194,7 @@ mod tests {
             "--kafka-partitions",
             "--cql-bucket-hours",
             "--kafka-batch-num-messages",
+            "--max-group-members",
         ]);
     }
 

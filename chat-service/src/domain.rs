@@ -104,6 +104,32 @@ pub fn parse_time(raw: Option<&str>) -> Result<Option<TimeUuid>, &'static str> {
     }
 }
 
+/// The `after` of a catch-up request: a version-1 UUID, or absent.
+pub fn parse_after(raw: Option<&str>) -> Result<Option<TimeUuid>, &'static str> {
+    parse_time(raw).map_err(|_| "after must be a version-1 (time-based) UUID")
+}
+
+/// Longest group title, in characters.
+pub const MAX_TITLE_CHARS: usize = 100;
+
+/// A group's title: 1 to [`MAX_TITLE_CHARS`] characters, not only
+/// whitespace. Stored exactly as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Title(String);
+
+impl Title {
+    pub fn parse(raw: String) -> Result<Self, &'static str> {
+        if raw.trim().is_empty() || raw.chars().count() > MAX_TITLE_CHARS {
+            return Err("title must be 1 to 100 characters, not only spaces");
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +162,15 @@ mod tests {
         assert!(ClientMessageId::parse(String::new()).is_err());
         assert!(ClientMessageId::parse("a b".into()).is_err());
         assert!(ClientMessageId::parse("x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn title_rules() {
+        assert!(Title::parse("team".into()).is_ok());
+        assert!(Title::parse("é".repeat(MAX_TITLE_CHARS)).is_ok());
+        assert!(Title::parse("é".repeat(MAX_TITLE_CHARS + 1)).is_err());
+        assert!(Title::parse(" \t".into()).is_err());
+        assert!(Title::parse(String::new()).is_err());
     }
 
     #[test]

@@ -16,8 +16,15 @@ pub enum Error {
     /// 404, so outsiders cannot tell which.
     #[error("chat not found")]
     ChatNotFound,
+    /// Something other than the chat is missing (a member).
+    #[error("{1}")]
+    NotFound(&'static str, String),
     #[error("{1}")]
     BadRequest(&'static str, String),
+    #[error("{1}")]
+    Forbidden(&'static str, String),
+    #[error("{1}")]
+    Conflict(&'static str, String),
     #[error("{1}")]
     Unprocessable(&'static str, String),
     #[error("rate limited")]
@@ -36,6 +43,9 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
             Error::ChatNotFound => ApiError::not_found("chat not found"),
+            Error::NotFound(code, message) => ApiError::new(StatusCode::NOT_FOUND, code, message),
+            Error::Forbidden(code, message) => ApiError::new(StatusCode::FORBIDDEN, code, message),
+            Error::Conflict(code, message) => ApiError::new(StatusCode::CONFLICT, code, message),
             Error::BadRequest(code, message) => {
                 ApiError::new(StatusCode::BAD_REQUEST, code, message)
             }

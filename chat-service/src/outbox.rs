@@ -1,15 +1,16 @@
 //! The embedded log, as one pair: the embedded store writes it, readers in
 //! any process read it through [`OutboxReader`].
 //!
-//! - **Write.** [`SqliteStore::open_with_outbox`] appends each new
-//!   message's `message.created` event to the `log` table of `chat.db` in
-//!   the message's own transaction, so an acknowledged message is always on
-//!   the log. It hands back the [`OutboxLog`] that goes with it: the send
+//! - **Write.** [`SqliteStore::open_with_outbox`] appends each change's
+//!   event (`message.created`, the timeline events, `read.updated`) to the
+//!   `log` table of `chat.db` in the change's own transaction, so an
+//!   acknowledged change is always on the log. It hands back the [`OutboxLog`] that goes with it: the send
 //!   path's [`MessageLog`], with nothing left to publish, which wakes the
 //!   readers in this process ([`OutboxWake`]) after each send.
 //! - **Read.** [`OutboxReader`] opens `chat.db` read-only: entries after a
 //!   `seq`, in `seq` order (commit order: one writer thread appends them),
-//!   the newest `seq`, and a chat's members (who may follow its stream).
+//!   the newest `seq`, and whether a user is a chat's member (who may
+//!   follow its stream).
 //!   Readers keep their own position; `seq` starts at 1 and never goes back.
 //!
 //! [`SqliteStore::open_with_outbox`]: crate::store::sqlite::SqliteStore::open_with_outbox
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_events::MessageCreated;
+use chat_events::Event;
 use embedded_db::ReadPool;
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::watch;
@@ -36,7 +37,7 @@ const READERS: u32 = 4;
 pub struct LogEntry {
     pub seq: i64,
     pub chat_id: Uuid,
-    /// The encoded [`MessageCreated`] event.
+    /// The encoded [`Event`].
     pub payload: Vec<u8>,
 }
 
@@ -61,7 +62,7 @@ impl OutboxLog {
 
 #[async_trait]
 impl MessageLog for OutboxLog {
-    async fn publish(&self, _event: &MessageCreated) -> Result<(), LogError> {
+    async fn publish(&self, _event: &Event) -> Result<(), LogError> {
         // The store appended the event with the message: only wake readers.
         self.sends.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
@@ -158,16 +159,17 @@ impl OutboxReader {
         Ok(head.unwrap_or(0))
     }
 
-    /// The two members of a chat, if it exists.
-    pub async fn members(&self, chat: Uuid) -> Result<Option<[Uuid; 2]>, StoreError> {
+    /// Whether `user` is a member of `chat` now.
+    pub async fn is_member(&self, chat: Uuid, user: Uuid) -> Result<bool, StoreError> {
         Ok(self
             .pool
             .read(move |c| {
-                c.prepare_cached("SELECT user_a, user_b FROM chats WHERE id = ?1")?
-                    .query_row([chat], |r| Ok([r.get(0)?, r.get(1)?]))
+                c.prepare_cached("SELECT 1 FROM members WHERE chat_id = ?1 AND user_id = ?2")?
+                    .query_row([chat, user], |_| Ok(()))
                     .optional()
             })
-            .await?)
+            .await?
+            .is_some())
     }
 }
 
@@ -175,19 +177,21 @@ impl OutboxReader {
 mod tests {
     use super::*;
 
-    fn event() -> MessageCreated {
+    fn event() -> Event {
         let id = chat_events::TimeUuidGenerator::new().next();
-        MessageCreated {
+        Event::Message(chat_events::MessageCreated {
             v: chat_events::event::VERSION,
             kind: chat_events::event::TYPE.into(),
             id: id.uuid(),
             chat_id: Uuid::new_v4().into(),
+            chat_kind: chat_events::ChatKind::Direct,
             sender_id: Uuid::new_v4().into(),
-            recipient_id: Uuid::new_v4().into(),
+            recipient_id: Some(Uuid::new_v4().into()),
             text: "hi".into(),
             sent_at: id.datetime(),
             client_message_id: None,
-        }
+            reply_to: None,
+        })
     }
 
     #[tokio::test(start_paused = true)]

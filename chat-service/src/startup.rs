@@ -7,7 +7,6 @@ use anyhow::Context;
 use auth_validator::Verifier;
 use axum::extract::FromRef;
 use axum::Router;
-use governor::Quota;
 #[cfg(feature = "cql")]
 use secrecy::ExposeSecret;
 use service_kit::probes::Check;
@@ -119,14 +118,13 @@ impl AppState {
                 )
             }
         };
-        let (rate, burst) = (config.send.send_rate_per_sec, config.send.send_burst);
         let users = users.unwrap_or_else(|| Arc::new(HttpDirectory::new(&config.auth_url, http)));
         Ok(Self {
             chats: Arc::new(ChatService::new(
                 store.clone(),
                 log.clone(),
                 users,
-                Quota::per_second(rate).allow_burst(burst),
+                &config.limits,
             )),
             store,
             log,

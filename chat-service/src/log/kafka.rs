@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chat_events::MessageCreated;
+use chat_events::Event;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -99,8 +99,8 @@ impl KafkaLog {
 
 #[async_trait]
 impl MessageLog for KafkaLog {
-    async fn publish(&self, event: &MessageCreated) -> Result<(), LogError> {
-        let key = event.chat_id.to_string();
+    async fn publish(&self, event: &Event) -> Result<(), LogError> {
+        let key = event.chat_id().to_string();
         let payload = event.encode();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
         self.producer

@@ -11,7 +11,7 @@
 pub mod kafka;
 
 use async_trait::async_trait;
-use chat_events::MessageCreated;
+use chat_events::Event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -22,7 +22,7 @@ pub enum LogError {
 #[async_trait]
 pub trait MessageLog: Send + Sync + 'static {
     /// Returns when the event is durably on the log.
-    async fn publish(&self, event: &MessageCreated) -> Result<(), LogError>;
+    async fn publish(&self, event: &Event) -> Result<(), LogError>;
 
     /// Whether the log answers.
     async fn ping(&self) -> Result<(), LogError>;

@@ -9,30 +9,47 @@
 //! statements, and each is acknowledged after that commit. Reads use a
 //! pool of read-only connections, each query a cached prepared statement
 //! returning all its rows at once; see [`SqliteStore::read`] for where they
-//! run. With the outbox on, each message's `message.created`
-//! event is appended to the `log` table in the message's own transaction, so
-//! an acknowledged message is always on the log (the embedded log's
-//! guarantee; see [`crate::outbox`]).
+//! run. With the outbox on, each change's event (`message.created`, the
+//! timeline events, `read.updated`) is appended to the `log` table in the
+//! change's own transaction, so an acknowledged change is always on the log
+//! (the embedded log's guarantee; see [`crate::outbox`]).
+//!
+//! Tables (`migrations/sqlite`): `chats` (kind, title, member count,
+//! activity, the message count `message_seq` and the newest message's
+//! preview), `members` (role, join time and read horizon: `read_seq`, the
+//! `seq` of the newest message read), `timeline` (messages and events in
+//! TimeUUID order; messages numbered 1, 2, 3… per chat by `seq`) and `log`.
+//! Every check a change depends on (membership, the member limit, a reply's
+//! target) runs inside the change's transaction.
 
 use std::path::Path;
 
 use async_trait::async_trait;
-use chat_events::{ChatId, TimeUuid, UserId};
+use chat_events::{ChatEventType, ChatId, ChatKind, Event, ReadUpdated, TimeUuid, UserId};
 use embedded_db::{GroupError, GroupWriter, Migration, ReadError, ReadPool};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
-use super::{Chat, ChatSummary, Inserted, Message, MessageStore, Participant, StoreError};
+use super::{
+    preview, Added, Changed, Chat, ChatSummary, Inserted, Item, LastMessage, Member, Message,
+    MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent, UNREAD_CAP,
+};
 use crate::domain::{ClientMessageId, MessageText};
 use crate::outbox::OutboxLog;
 
 pub const FILE: &str = "chat.db";
 
 /// `migrations/sqlite`, in order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../../migrations/sqlite/0001_chats.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../../migrations/sqlite/0001_chats.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../../migrations/sqlite/0002_groups.sql"),
+    },
+];
 
 /// Most writes committed in one transaction.
 const GROUP: usize = 256;
@@ -110,127 +127,483 @@ impl SqliteStore {
     }
 }
 
-const CHAT_COLUMNS: &str =
-    "id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity, last_message_id";
-
-/// A chat row ([`CHAT_COLUMNS`]) with its activity.
-fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<ChatSummary> {
-    let last: Option<Uuid> = row.get(7)?;
-    Ok(ChatSummary {
-        chat: chat_from_row(row)?,
-        last_activity: row.get(6)?,
-        last_message_id: last.and_then(|u| TimeUuid::from_uuid(u).ok()),
-    })
+fn corrupt(column: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Blob, Box::new(e))
 }
 
-fn chat_from_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
+fn time_uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<TimeUuid> {
+    TimeUuid::from_uuid(row.get(column)?).map_err(|e| corrupt(column, e))
+}
+
+fn opt_time_uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<TimeUuid>> {
+    row.get::<_, Option<Uuid>>(column)?
+        .map(|u| TimeUuid::from_uuid(u).map_err(|e| corrupt(column, e)))
+        .transpose()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {0} {1:?}")]
+struct Unknown(&'static str, String);
+
+fn kind_of(name: &str) -> rusqlite::Result<ChatKind> {
+    match name {
+        "direct" => Ok(ChatKind::Direct),
+        "group" => Ok(ChatKind::Group),
+        other => Err(corrupt(1, Unknown("chat kind", other.into()))),
+    }
+}
+
+fn role_of(name: &str, column: usize) -> rusqlite::Result<Role> {
+    Role::parse(name).ok_or_else(|| corrupt(column, Unknown("role", name.into())))
+}
+
+const CHAT_COLUMNS: &str = "c.id, c.kind, c.title, c.created_at, c.member_count";
+
+/// [`CHAT_COLUMNS`] from `at` on.
+fn chat_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Chat> {
     Ok(Chat {
-        id: ChatId::from_uuid(row.get(0)?),
-        participants: [
-            Participant {
-                id: UserId::from_uuid(row.get(1)?),
-                username: row.get(2)?,
-            },
-            Participant {
-                id: UserId::from_uuid(row.get(3)?),
-                username: row.get(4)?,
-            },
-        ],
-        created_at: row.get(5)?,
+        id: ChatId::from_uuid(row.get(at)?),
+        kind: kind_of(&row.get::<_, String>(at + 1)?)?,
+        title: row.get(at + 2)?,
+        created_at: row.get(at + 3)?,
+        member_count: row.get::<_, i64>(at + 4)?.max(0) as usize,
     })
 }
 
-const MESSAGE_COLUMNS: &str = "chat_id, id, sender_id, recipient_id, text, client_message_id";
+const MEMBER_COLUMNS: &str = "m.user_id, m.username, m.role, m.joined_at, m.last_read_id";
 
-fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
-    let id: Uuid = row.get(1)?;
-    Ok(Message {
-        id: TimeUuid::from_uuid(id).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
-        })?,
-        chat_id: ChatId::from_uuid(row.get(0)?),
-        sender_id: UserId::from_uuid(row.get(2)?),
-        recipient_id: UserId::from_uuid(row.get(3)?),
-        text: MessageText::stored(row.get(4)?),
-        client_message_id: row
-            .get::<_, Option<String>>(5)?
-            .map(ClientMessageId::stored),
+/// [`MEMBER_COLUMNS`] from `at` on.
+fn member_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Member> {
+    Ok(Member {
+        id: UserId::from_uuid(row.get(at)?),
+        username: row.get(at + 1)?,
+        role: role_of(&row.get::<_, String>(at + 2)?, at + 2)?,
+        joined_at: row.get(at + 3)?,
+        last_read_id: opt_time_uuid(row, at + 4)?,
     })
 }
 
-fn create_chat(conn: &Connection, chat: &Chat) -> Result<bool, StoreError> {
-    let [a, b] = &chat.participants;
+/// A member's chat list entry: the chat, activity, last message, unread
+/// count and horizon, and a direct chat's other member.
+const SUMMARY_QUERY: &str = "SELECT c.id, c.kind, c.title, c.created_at, c.member_count, \
+     c.last_activity, c.last_message_id, c.last_sender_id, c.last_preview, \
+     c.message_seq - m.read_seq, m.last_read_id, \
+     o.user_id, o.username, o.role, o.joined_at, o.last_read_id \
+     FROM members m JOIN chats c ON c.id = m.chat_id \
+     LEFT JOIN members o ON c.kind = 'direct' AND o.chat_id = c.id AND o.user_id <> m.user_id \
+     WHERE m.user_id = ?1";
+
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<ChatSummary> {
+    let last_message = match (opt_time_uuid(row, 6)?, row.get::<_, Option<Uuid>>(7)?) {
+        (Some(id), Some(sender)) => Some(LastMessage {
+            id,
+            sender_id: UserId::from_uuid(sender),
+            preview: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let other = match row.get::<_, Option<Uuid>>(11)? {
+        Some(_) => Some(member_from_row(row, 11)?),
+        None => None,
+    };
+    Ok(ChatSummary {
+        chat: chat_from_row(row, 0)?,
+        last_activity: row.get(5)?,
+        last_message,
+        unread: (row.get::<_, i64>(9)?.max(0) as u64).min(UNREAD_CAP),
+        last_read_id: opt_time_uuid(row, 10)?,
+        other,
+    })
+}
+
+const ITEM_COLUMNS: &str =
+    "chat_id, id, type, sender_id, text, client_message_id, reply_to, user_id, members";
+
+fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
+    let id = time_uuid(row, 1)?;
+    let chat_id = ChatId::from_uuid(row.get(0)?);
+    let kind: String = row.get(2)?;
+    let sender_id = UserId::from_uuid(row.get(3)?);
+    if kind == "message" {
+        return Ok(Item::Message(Message {
+            id,
+            chat_id,
+            sender_id,
+            text: MessageText::stored(row.get::<_, Option<String>>(4)?.unwrap_or_default()),
+            client_message_id: row
+                .get::<_, Option<String>>(5)?
+                .map(ClientMessageId::stored),
+            reply_to: opt_time_uuid(row, 6)?,
+        }));
+    }
+    let event = ChatEventType::from_timeline_name(&kind)
+        .ok_or_else(|| corrupt(2, Unknown("timeline type", kind.clone())))?;
+    let members: Vec<UserId> = match row.get::<_, Option<String>>(8)? {
+        Some(json) => serde_json::from_str(&json).map_err(|e| corrupt(8, e))?,
+        None => Vec::new(),
+    };
+    Ok(Item::Event(TimelineEvent {
+        id,
+        chat_id,
+        kind: event,
+        actor_id: sender_id,
+        user_id: row.get::<_, Option<Uuid>>(7)?.map(UserId::from_uuid),
+        title: row.get(4)?,
+        members,
+    }))
+}
+
+fn message_of(item: Item) -> Result<Message, StoreError> {
+    match item {
+        Item::Message(m) => Ok(m),
+        Item::Event(e) => Err(StoreError::Corrupt(format!(
+            "{} is an event, not a message",
+            e.id
+        ))),
+    }
+}
+
+/// Appends `event` to the outbox when the store has one.
+fn append_log(conn: &Connection, outbox: bool, event: &Event) -> Result<(), StoreError> {
+    if outbox {
+        conn.prepare_cached("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")?
+            .execute(params![event.chat_id().uuid(), event.encode()])?;
+    }
+    Ok(())
+}
+
+/// The chat's members' ids, in the order they joined.
+fn member_ids(conn: &Connection, chat: ChatId) -> Result<Vec<UserId>, StoreError> {
+    let mut query = conn.prepare_cached(
+        "SELECT user_id FROM members WHERE chat_id = ?1 ORDER BY joined_at, user_id",
+    )?;
+    let rows = query.query_map([chat.uuid()], |r| Ok(UserId::from_uuid(r.get(0)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The member's role, if they are one.
+fn role(conn: &Connection, chat: ChatId, user: UserId) -> Result<Option<Role>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT role FROM members WHERE chat_id = ?1 AND user_id = ?2")?
+        .query_row(params![chat.uuid(), user.uuid()], |r| {
+            role_of(&r.get::<_, String>(0)?, 0)
+        })
+        .optional()?)
+}
+
+fn insert_member(conn: &Connection, chat: ChatId, m: &Member, read_seq: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO members (chat_id, user_id, username, role, joined_at, last_read_id, read_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        chat.uuid(),
+        m.id.uuid(),
+        m.username,
+        m.role.as_str(),
+        m.joined_at,
+        m.last_read_id.map(TimeUuid::uuid),
+        read_seq
+    ])?;
+    Ok(())
+}
+
+/// Stores a timeline event and counts it as the chat's activity.
+fn insert_event(conn: &Connection, e: &TimelineEvent) -> Result<(), StoreError> {
+    let members = (!e.members.is_empty())
+        .then(|| serde_json::to_string(&e.members))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO timeline (chat_id, ts, id, type, sender_id, text, user_id, members) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        e.chat_id.uuid(),
+        e.id.ticks() as i64,
+        e.id.uuid(),
+        e.kind.timeline_name(),
+        e.actor_id.uuid(),
+        e.title,
+        e.user_id.map(UserId::uuid),
+        members
+    ])?;
+    conn.prepare_cached("UPDATE chats SET last_activity = MAX(last_activity, ?2) WHERE id = ?1")?
+        .execute(params![e.chat_id.uuid(), e.id.unix_millis()])?;
+    Ok(())
+}
+
+fn create_chat(
+    conn: &Connection,
+    outbox: bool,
+    new: &NewChat,
+    log: &Event,
+) -> Result<bool, StoreError> {
+    let chat = &new.chat;
     let created = conn
         .prepare_cached(
-            "INSERT INTO chats (id, user_a, user_a_name, user_b, user_b_name, created_at, last_activity) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO chats (id, kind, title, created_at, member_count, last_activity) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?4) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             chat.id.uuid(),
-            a.id.uuid(),
-            a.username,
-            b.id.uuid(),
-            b.username,
-            chat.created_at
+            chat.kind.as_str(),
+            chat.title,
+            chat.created_at,
+            new.members.len() as i64
         ])?;
-    Ok(created == 1)
+    if created == 0 {
+        return Ok(false);
+    }
+    for member in &new.members {
+        insert_member(conn, chat.id, member, 0)?;
+    }
+    if let Some(event) = &new.event {
+        insert_event(conn, event)?;
+    }
+    append_log(conn, outbox, log)?;
+    Ok(true)
+}
+
+/// The timeline item `id` of `chat`.
+fn item(conn: &Connection, chat: ChatId, id: TimeUuid) -> Result<Option<(Item, Option<i64>)>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS}, seq FROM timeline WHERE chat_id = ?1 AND ts = ?2 AND id = ?3"
+        ))?
+        .query_row(
+            params![chat.uuid(), id.ticks() as i64, id.uuid()],
+            |r| Ok((item_from_row(r)?, r.get(9)?)),
+        )
+        .optional()?)
 }
 
 /// Stores a new message (and its outbox entry), or returns the one this
 /// sender already sent with the same client id (earlier writes of the same
 /// group included: they share the transaction).
-fn insert(conn: &Connection, outbox: bool, m: Message) -> Result<Inserted, StoreError> {
+fn insert(conn: &Connection, outbox: bool, m: Message, log: &Event) -> Result<Inserted, StoreError> {
+    if role(conn, m.chat_id, m.sender_id)?.is_none() {
+        return Err(StoreError::NotMember);
+    }
     if let Some(client_id) = &m.client_message_id {
         let existing = conn
             .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                "SELECT {ITEM_COLUMNS} FROM timeline \
                  WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3"
             ))?
             .query_row(
                 params![m.chat_id.uuid(), m.sender_id.uuid(), client_id.as_str()],
-                message_from_row,
+                item_from_row,
             )
             .optional()?;
         if let Some(existing) = existing {
-            return Ok(Inserted::Existing(existing));
+            return Ok(Inserted::Existing(message_of(existing)?));
         }
     }
+    if let Some(target) = m.reply_to {
+        if !matches!(item(conn, m.chat_id, target)?, Some((Item::Message(_), _))) {
+            return Err(StoreError::NoSuchReply);
+        }
+    }
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE chats SET message_seq = message_seq + 1, \
+             last_activity = MAX(last_activity, ?2), last_message_id = ?3, \
+             last_sender_id = ?4, last_preview = ?5 WHERE id = ?1 RETURNING message_seq",
+        )?
+        .query_row(
+            params![
+                m.chat_id.uuid(),
+                m.id.unix_millis(),
+                m.id.uuid(),
+                m.sender_id.uuid(),
+                preview(m.text.as_str())
+            ],
+            |r| r.get(0),
+        )?;
     conn.prepare_cached(
-        "INSERT INTO messages (chat_id, ts, id, sender_id, recipient_id, text, client_message_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO timeline (chat_id, ts, id, type, sender_id, text, client_message_id, \
+         reply_to, seq) VALUES (?1, ?2, ?3, 'message', ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         m.chat_id.uuid(),
         m.id.ticks() as i64,
         m.id.uuid(),
         m.sender_id.uuid(),
-        m.recipient_id.uuid(),
         m.text.as_str(),
-        m.client_message_id.as_ref().map(ClientMessageId::as_str)
+        m.client_message_id.as_ref().map(ClientMessageId::as_str),
+        m.reply_to.map(TimeUuid::uuid),
+        seq
     ])?;
-    if outbox {
-        conn.prepare_cached("INSERT INTO log (chat_id, payload) VALUES (?1, ?2)")?
-            .execute(params![m.chat_id.uuid(), m.event().encode()])?;
+    conn.prepare_cached(
+        "UPDATE members SET read_seq = ?3, last_read_id = ?4 WHERE chat_id = ?1 AND user_id = ?2",
+    )?
+    .execute(params![m.chat_id.uuid(), m.sender_id.uuid(), seq, m.id.uuid()])?;
+    append_log(conn, outbox, log)?;
+    Ok(Inserted::New(m))
+}
+
+fn add_member(
+    conn: &Connection,
+    outbox: bool,
+    member: &Member,
+    event: &TimelineEvent,
+    limit: usize,
+) -> Result<Added, StoreError> {
+    let chat = event.chat_id;
+    if role(conn, chat, member.id)?.is_some() {
+        return Ok(Added::Already);
+    }
+    let (count, seq): (i64, i64) = conn
+        .prepare_cached("SELECT member_count, message_seq FROM chats WHERE id = ?1")?
+        .query_row([chat.uuid()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if count.max(0) as usize >= limit {
+        return Ok(Added::Full);
+    }
+    // Messages before they joined are not unread for them.
+    insert_member(conn, chat, member, seq)?;
+    conn.prepare_cached("UPDATE chats SET member_count = member_count + 1 WHERE id = ?1")?
+        .execute([chat.uuid()])?;
+    insert_event(conn, event)?;
+    let members = member_ids(conn, chat)?;
+    append_log(conn, outbox, &event.log_event(ChatKind::Group, members.clone()))?;
+    Ok(Added::Added(members))
+}
+
+fn remove_member(conn: &Connection, outbox: bool, event: &TimelineEvent) -> Result<Changed, StoreError> {
+    let chat = event.chat_id;
+    let Some(user) = event.user_id else {
+        return Ok(Changed::NotMember);
+    };
+    let Some(role) = role(conn, chat, user)? else {
+        return Ok(Changed::NotMember);
+    };
+    conn.prepare_cached("DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2")?
+        .execute(params![chat.uuid(), user.uuid()])?;
+    conn.prepare_cached("UPDATE chats SET member_count = member_count - 1 WHERE id = ?1")?
+        .execute([chat.uuid()])?;
+    if role == Role::Owner {
+        conn.prepare_cached(
+            "UPDATE members SET role = 'owner' WHERE chat_id = ?1 AND user_id = \
+             (SELECT user_id FROM members WHERE chat_id = ?1 \
+              ORDER BY role = 'admin' DESC, joined_at, user_id LIMIT 1)",
+        )?
+        .execute([chat.uuid()])?;
+    }
+    insert_event(conn, event)?;
+    let members = member_ids(conn, chat)?;
+    append_log(conn, outbox, &event.log_event(ChatKind::Group, members.clone()))?;
+    Ok(Changed::Done(members))
+}
+
+fn rename(conn: &Connection, outbox: bool, event: &TimelineEvent) -> Result<Changed, StoreError> {
+    let chat = event.chat_id;
+    if role(conn, chat, event.actor_id)?.is_none() {
+        return Ok(Changed::NotMember);
+    }
+    conn.prepare_cached("UPDATE chats SET title = ?2 WHERE id = ?1 AND kind = 'group'")?
+        .execute(params![chat.uuid(), event.title])?;
+    insert_event(conn, event)?;
+    let members = member_ids(conn, chat)?;
+    append_log(conn, outbox, &event.log_event(ChatKind::Group, members.clone()))?;
+    Ok(Changed::Done(members))
+}
+
+fn set_role(conn: &Connection, chat: ChatId, user: UserId, new: Role) -> Result<bool, StoreError> {
+    if role(conn, chat, user)?.is_none() {
+        return Ok(false);
+    }
+    if new == Role::Owner {
+        conn.prepare_cached(
+            "UPDATE members SET role = 'admin' WHERE chat_id = ?1 AND role = 'owner'",
+        )?
+        .execute([chat.uuid()])?;
+    }
+    conn.prepare_cached("UPDATE members SET role = ?3 WHERE chat_id = ?1 AND user_id = ?2")?
+        .execute(params![chat.uuid(), user.uuid(), new.as_str()])?;
+    Ok(true)
+}
+
+fn mark_read(
+    conn: &Connection,
+    outbox: bool,
+    chat: ChatId,
+    user: UserId,
+    message: TimeUuid,
+) -> Result<ReadMark, StoreError> {
+    let horizon: Option<i64> = conn
+        .prepare_cached("SELECT read_seq FROM members WHERE chat_id = ?1 AND user_id = ?2")?
+        .query_row(params![chat.uuid(), user.uuid()], |r| r.get(0))
+        .optional()?;
+    let Some(horizon) = horizon else {
+        return Ok(ReadMark::NotMember);
+    };
+    let Some((Item::Message(_), Some(seq))) = item(conn, chat, message)? else {
+        return Ok(ReadMark::NotAMessage);
+    };
+    if seq <= horizon {
+        return Ok(ReadMark::Unchanged);
     }
     conn.prepare_cached(
-        "UPDATE chats SET last_activity = MAX(last_activity, ?2), last_message_id = ?3 WHERE id = ?1",
+        "UPDATE members SET read_seq = ?3, last_read_id = ?4 WHERE chat_id = ?1 AND user_id = ?2",
     )?
-    .execute(params![m.chat_id.uuid(), m.id.unix_millis(), m.id.uuid()])?;
-    Ok(Inserted::New(m))
+    .execute(params![chat.uuid(), user.uuid(), seq, message.uuid()])?;
+    let event = Event::Read(ReadUpdated {
+        v: chat_events::event::VERSION,
+        kind: chat_events::event::READ_TYPE.to_owned(),
+        chat_id: chat,
+        user_id: user,
+        last_read_id: message.uuid(),
+        at: time::OffsetDateTime::now_utc(),
+    });
+    append_log(conn, outbox, &event)?;
+    Ok(ReadMark::Moved)
 }
 
 #[async_trait]
 impl MessageStore for SqliteStore {
-    async fn create_chat(&self, chat: &Chat) -> Result<bool, StoreError> {
-        let chat = chat.clone();
-        self.write.write(move |conn| create_chat(conn, &chat)).await
+    async fn create_chat(&self, new: NewChat, log: Event) -> Result<bool, StoreError> {
+        let outbox = self.outbox;
+        self.write
+            .write(move |conn| create_chat(conn, outbox, &new, &log))
+            .await
     }
 
     async fn chat(&self, id: ChatId) -> Result<Option<Chat>, StoreError> {
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1"))?
-                .query_row([id.uuid()], chat_from_row)
+            c.prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = ?1"))?
+                .query_row([id.uuid()], |r| chat_from_row(r, 0))
                 .optional()
+        })
+        .await
+    }
+
+    async fn membership(
+        &self,
+        chat: ChatId,
+        user: UserId,
+    ) -> Result<Option<(Chat, Member)>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {CHAT_COLUMNS}, {MEMBER_COLUMNS} FROM chats c \
+                 JOIN members m ON m.chat_id = c.id WHERE c.id = ?1 AND m.user_id = ?2"
+            ))?
+            .query_row(params![chat.uuid(), user.uuid()], |r| {
+                Ok((chat_from_row(r, 0)?, member_from_row(r, 5)?))
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn members(&self, chat: ChatId) -> Result<Vec<Member>, StoreError> {
+        self.scan(move |c| {
+            let mut query = c.prepare_cached(&format!(
+                "SELECT {MEMBER_COLUMNS} FROM members m WHERE m.chat_id = ?1 \
+                 ORDER BY m.joined_at, m.user_id"
+            ))?;
+            let rows = query.query_map([chat.uuid()], |r| member_from_row(r, 0))?;
+            rows.collect()
         })
         .await
     }
@@ -241,11 +614,9 @@ impl MessageStore for SqliteStore {
         id: ChatId,
     ) -> Result<Option<ChatSummary>, StoreError> {
         self.read(move |c| {
-            c.prepare_cached(&format!(
-                "SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1 AND (user_a = ?2 OR user_b = ?2)"
-            ))?
-            .query_row(params![id.uuid(), user.uuid()], summary_from_row)
-            .optional()
+            c.prepare_cached(&format!("{SUMMARY_QUERY} AND c.id = ?2"))?
+                .query_row(params![user.uuid(), id.uuid()], summary_from_row)
+                .optional()
         })
         .await
     }
@@ -254,9 +625,7 @@ impl MessageStore for SqliteStore {
         // A user's chats can be many: off the async runtime's threads.
         self.scan(move |c| {
             let mut query = c.prepare_cached(&format!(
-                "SELECT {CHAT_COLUMNS} FROM chats WHERE user_a = ?1 \
-                 UNION ALL SELECT {CHAT_COLUMNS} FROM chats WHERE user_b = ?1 \
-                 ORDER BY last_activity DESC"
+                "{SUMMARY_QUERY} ORDER BY c.last_activity DESC, c.id"
             ))?;
             let rows = query.query_map([user.uuid()], summary_from_row)?;
             rows.collect()
@@ -264,10 +633,10 @@ impl MessageStore for SqliteStore {
         .await
     }
 
-    async fn insert_message(&self, message: Message) -> Result<Inserted, StoreError> {
+    async fn insert_message(&self, message: Message, log: Event) -> Result<Inserted, StoreError> {
         let outbox = self.outbox;
         self.write
-            .write(move |conn| insert(conn, outbox, message))
+            .write(move |conn| insert(conn, outbox, message, &log))
             .await
     }
 
@@ -276,22 +645,84 @@ impl MessageStore for SqliteStore {
         chat: ChatId,
         before: Option<TimeUuid>,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<Vec<Item>, StoreError> {
         let (ts, id) = match before {
             Some(t) => (t.ticks() as i64, t.uuid()),
             None => (i64::MAX, Uuid::max()),
         };
         self.read(move |c| {
             let mut query = c.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                "SELECT {ITEM_COLUMNS} FROM timeline \
                  WHERE chat_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3)) \
                  ORDER BY ts DESC, id DESC LIMIT ?4"
             ))?;
-            let rows =
-                query.query_map(params![chat.uuid(), ts, id, limit as i64], message_from_row)?;
+            let rows = query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
             rows.collect()
         })
         .await
+    }
+
+    async fn catch_up(
+        &self,
+        chat: ChatId,
+        after: TimeUuid,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let (ts, id) = (after.ticks() as i64, after.uuid());
+        self.read(move |c| {
+            let mut query = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM timeline \
+                 WHERE chat_id = ?1 AND (ts > ?2 OR (ts = ?2 AND id > ?3)) \
+                 ORDER BY ts, id LIMIT ?4"
+            ))?;
+            let rows = query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn add_member(
+        &self,
+        member: Member,
+        event: TimelineEvent,
+        limit: usize,
+    ) -> Result<Added, StoreError> {
+        let outbox = self.outbox;
+        self.write
+            .write(move |conn| add_member(conn, outbox, &member, &event, limit))
+            .await
+    }
+
+    async fn remove_member(&self, event: TimelineEvent) -> Result<Changed, StoreError> {
+        let outbox = self.outbox;
+        self.write
+            .write(move |conn| remove_member(conn, outbox, &event))
+            .await
+    }
+
+    async fn rename(&self, event: TimelineEvent) -> Result<Changed, StoreError> {
+        let outbox = self.outbox;
+        self.write
+            .write(move |conn| rename(conn, outbox, &event))
+            .await
+    }
+
+    async fn set_role(&self, chat: ChatId, user: UserId, role: Role) -> Result<bool, StoreError> {
+        self.write
+            .write(move |conn| set_role(conn, chat, user, role))
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        message: TimeUuid,
+    ) -> Result<ReadMark, StoreError> {
+        let outbox = self.outbox;
+        self.write
+            .write(move |conn| mark_read(conn, outbox, chat, user, message))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

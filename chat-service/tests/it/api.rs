@@ -371,8 +371,8 @@ async fn a_repeated_client_message_id_returns_the_original() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sending_too_fast_gets_429_and_recovers() {
     let s = spawn_with(|c| {
-        c.send.send_rate_per_sec = std::num::NonZeroU32::new(2).expect("positive");
-        c.send.send_burst = std::num::NonZeroU32::new(3).expect("positive");
+        c.limits.send_rate_per_sec = std::num::NonZeroU32::new(2).expect("positive");
+        c.limits.send_burst = std::num::NonZeroU32::new(3).expect("positive");
     })
     .await;
     let (alice, bob) = (s.user("alice").await, s.user("bob").await);

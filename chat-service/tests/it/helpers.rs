@@ -33,8 +33,8 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut chat_service::Config)) -> Stack 
     let auth = start_auth(data_dir.path().to_path_buf()).await;
     let mut config = chat_service::Config::embedded(data_dir.path());
     config.auth_url = format!("http://{}", auth.addr);
-    config.send.send_rate_per_sec = NonZeroU32::new(100_000).expect("positive");
-    config.send.send_burst = NonZeroU32::new(100_000).expect("positive");
+    config.limits.send_rate_per_sec = NonZeroU32::new(100_000).expect("positive");
+    config.limits.send_burst = NonZeroU32::new(100_000).expect("positive");
     tweak(&mut config);
     let chat = start_chat(config.clone()).await;
     Stack {
