@@ -1,11 +1,19 @@
 //! The aggregation rules, as pure logic over messages and a clock.
 //!
 //! A batch is a maximal run of consecutive messages in one chat from one
-//! sender. It closes when the other participant sends, when the gap between
-//! two of its messages' `sent_at` passes `max_gap`, or when it would exceed
-//! `max_count` messages or `max_bytes`. Every decision depends only on the
-//! messages themselves (sender, `sent_at`, size), never on when they arrive,
-//! so replaying the log after a crash rebuilds exactly the same batches.
+//! sender. It closes when another member sends, when a timeline event
+//! happens, when the gap between two of its messages' `sent_at` passes
+//! `max_gap`, or when it would exceed `max_count` messages or `max_bytes`.
+//! A timeline event (`chat_created`, `member_added`, `member_removed`,
+//! `chat_renamed`) is a batch of its own: one item, closed at once, with its
+//! own `seq`. Every decision depends only on the items themselves (sender,
+//! `sent_at`, size, type), never on when they arrive, so replaying the log
+//! after a crash rebuilds exactly the same batches.
+//!
+//! Each batch carries the chat's kind, title and members as they were when
+//! it started (a direct chat's pair; a group's from its newest timeline
+//! event, since every such event on the log lists the members after it), so
+//! the newest batch is all a restart needs to continue.
 //!
 //! Writes (each document at most once per `flush_interval`, so Firestore's
 //! one write per second per document holds, and as few as that allows):
@@ -34,7 +42,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chat_events::MessageCreated;
+use chat_events::{ChatEvent, ChatEventType, ChatKind, MessageCreated};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -72,18 +80,101 @@ impl Default for Limits {
 pub const MESSAGE_OVERHEAD_BYTES: usize = 96;
 /// Fixed per-document overhead counted against `max_bytes`.
 pub const DOCUMENT_OVERHEAD_BYTES: usize = 1024;
+/// Bytes of one member id in a document, counted against `max_bytes`.
+pub const MEMBER_BYTES: usize = 40;
 
+/// What a timeline event item records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemEvent {
+    pub kind: ChatEventType,
+    /// The member added or removed.
+    pub user_id: Option<Uuid>,
+    /// The title given.
+    pub title: Option<String>,
+}
+
+/// One item of a batch: a message, or (alone in its batch) a timeline
+/// event, whose actor is the batch's `sender_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchMessage {
     pub id: Uuid,
     pub text: String,
     #[serde(with = "time::serde::rfc3339")]
     pub sent_at: OffsetDateTime,
+    #[serde(default)]
+    pub reply_to: Option<Uuid>,
+    #[serde(default)]
+    pub event: Option<ItemEvent>,
 }
 
 impl BatchMessage {
     pub fn bytes(&self) -> usize {
         self.text.len() + MESSAGE_OVERHEAD_BYTES
+    }
+}
+
+/// One record the batcher applies: a message, or a group's timeline event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub chat_id: Uuid,
+    pub chat_kind: ChatKind,
+    /// The sender, or the event's actor.
+    pub sender_id: Uuid,
+    pub item: BatchMessage,
+    /// Every member after this record, when it says (a direct chat's pair,
+    /// a timeline event's list); a group message leaves them as they were.
+    pub members: Option<Vec<Uuid>>,
+    /// The chat's title after this record, when it gives one.
+    pub title: Option<String>,
+}
+
+impl From<&MessageCreated> for Incoming {
+    fn from(m: &MessageCreated) -> Self {
+        let members = m.recipient_id.map(|r| {
+            let (a, b) = (m.sender_id.uuid(), r.uuid());
+            if a <= b {
+                vec![a, b]
+            } else {
+                vec![b, a]
+            }
+        });
+        Self {
+            chat_id: m.chat_id.uuid(),
+            chat_kind: m.chat_kind,
+            sender_id: m.sender_id.uuid(),
+            item: BatchMessage {
+                id: m.id,
+                text: m.text.clone(),
+                sent_at: m.sent_at,
+                reply_to: m.reply_to,
+                event: None,
+            },
+            members,
+            title: None,
+        }
+    }
+}
+
+impl From<&ChatEvent> for Incoming {
+    fn from(e: &ChatEvent) -> Self {
+        Self {
+            chat_id: e.chat_id.uuid(),
+            chat_kind: e.chat_kind,
+            sender_id: e.actor_id.uuid(),
+            item: BatchMessage {
+                id: e.id,
+                text: String::new(),
+                sent_at: e.at,
+                reply_to: None,
+                event: Some(ItemEvent {
+                    kind: e.kind,
+                    user_id: e.user_id.map(|u| u.uuid()),
+                    title: e.title.clone(),
+                }),
+            },
+            members: Some(e.members.iter().map(|m| m.uuid()).collect()),
+            title: e.title.clone(),
+        }
     }
 }
 
@@ -96,7 +187,14 @@ pub struct Batch {
     pub batch_id: Uuid,
     /// 1, 2, 3… per chat: a client that sees a gap falls back to history.
     pub seq: u64,
-    pub participants: [Uuid; 2],
+    #[serde(default)]
+    pub chat_kind: ChatKind,
+    /// A group's title when the batch started.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// The chat's members when the batch started.
+    pub members: Vec<Uuid>,
+    /// The sender (or a timeline event's actor).
     pub sender_id: Uuid,
     pub messages: Vec<BatchMessage>,
     pub closed: bool,
@@ -111,7 +209,14 @@ impl Batch {
     }
 
     pub fn bytes(&self) -> usize {
-        DOCUMENT_OVERHEAD_BYTES + self.messages.iter().map(BatchMessage::bytes).sum::<usize>()
+        DOCUMENT_OVERHEAD_BYTES
+            + self.members.len() * MEMBER_BYTES
+            + self.messages.iter().map(BatchMessage::bytes).sum::<usize>()
+    }
+
+    /// Whether this batch is a timeline event's.
+    pub fn is_event(&self) -> bool {
+        self.messages.iter().any(|m| m.event.is_some())
     }
 
     pub fn first(&self) -> &BatchMessage {
@@ -181,7 +286,10 @@ impl Progress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub chat_id: Uuid,
-    pub participants: [Uuid; 2],
+    pub chat_kind: ChatKind,
+    pub title: Option<String>,
+    /// Who may read the chat now.
+    pub members: Vec<Uuid>,
     pub last_batch_id: Uuid,
     pub last_batch_seq: u64,
     pub last_sender_id: Uuid,
@@ -288,31 +396,31 @@ impl Batcher {
         self.chats.remove(&chat);
     }
 
-    /// Applies one message at `position`. The chat must be known.
-    pub fn apply(&mut self, event: &MessageCreated, position: Position) -> Applied {
+    /// Applies one message or timeline event at `position`. The chat must
+    /// be known.
+    pub fn apply(&mut self, incoming: impl Into<Incoming>, position: Position) -> Applied {
+        let incoming: Incoming = incoming.into();
         let limits = self.limits;
-        let state = self.chats.entry(event.chat_id.uuid()).or_default();
-        let message = BatchMessage {
-            id: event.id,
-            text: event.text.clone(),
-            sent_at: event.sent_at,
-        };
+        let state = self.chats.entry(incoming.chat_id).or_default();
+        let message = incoming.item;
+        let id = message.id;
         if let Some(b) = &state.current {
             let replayed =
                 position.partition == b.last_position.partition && position <= b.last_position;
-            let republished =
-                b.contains(event.id) || state.closing.iter().any(|c| c.contains(event.id));
+            let republished = b.contains(id) || state.closing.iter().any(|c| c.contains(id));
             if replayed || republished {
                 return Applied::Duplicate;
             }
         }
-        let fits = state.current.as_ref().is_some_and(|b| {
-            !b.closed
-                && b.sender_id == event.sender_id.uuid()
-                && gap(b.last().sent_at, message.sent_at) <= limits.max_gap
-                && b.count() < limits.max_count
-                && b.bytes() + message.bytes() <= limits.max_bytes
-        });
+        let is_event = message.event.is_some();
+        let fits = !is_event
+            && state.current.as_ref().is_some_and(|b| {
+                !b.closed
+                    && b.sender_id == incoming.sender_id
+                    && gap(b.last().sent_at, message.sent_at) <= limits.max_gap
+                    && b.count() < limits.max_count
+                    && b.bytes() + message.bytes() <= limits.max_bytes
+            });
         if fits {
             if let Some(b) = state.current.as_mut() {
                 b.messages.push(message);
@@ -323,6 +431,14 @@ impl Batcher {
             return Applied::Appended;
         }
         let seq = state.current.as_ref().map_or(1, |b| b.seq + 1);
+        let before = state.current.as_ref();
+        let members = incoming
+            .members
+            .or_else(|| before.map(|b| b.members.clone()))
+            .unwrap_or_default();
+        let title = incoming
+            .title
+            .or_else(|| before.and_then(|b| b.title.clone()));
         if let Some(mut previous) = state.current.take() {
             // A final write only if it still holds unwritten messages.
             if !state.pending.is_empty() {
@@ -334,12 +450,14 @@ impl Batcher {
         state.pending.push(position);
         state.summary_due = true;
         let batch = Batch {
-            chat_id: event.chat_id.uuid(),
-            batch_id: event.id,
+            chat_id: incoming.chat_id,
+            batch_id: id,
             seq,
-            participants: participants(event),
-            sender_id: event.sender_id.uuid(),
-            closed: limits.max_count <= 1,
+            chat_kind: incoming.chat_kind,
+            title,
+            members,
+            sender_id: incoming.sender_id,
+            closed: is_event || limits.max_count <= 1,
             messages: vec![message],
             last_position: position,
         };
@@ -399,7 +517,9 @@ impl Batcher {
             && (everything || spaced(state.last_summary, now, interval)))
         .then(|| Summary {
             chat_id: chat,
-            participants: batch.participants,
+            chat_kind: batch.chat_kind,
+            title: batch.title.clone(),
+            members: batch.members.clone(),
             last_batch_id: batch.batch_id,
             last_batch_seq: batch.seq,
             last_sender_id: batch.sender_id,
@@ -466,15 +586,6 @@ fn gap(earlier: OffsetDateTime, later: OffsetDateTime) -> Duration {
     }
 }
 
-fn participants(event: &MessageCreated) -> [Uuid; 2] {
-    let (a, b) = (event.sender_id.uuid(), event.recipient_id.uuid());
-    if a <= b {
-        [a, b]
-    } else {
-        [b, a]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,17 +633,14 @@ mod tests {
         /// A message from participant `who`, `at_ms` after the start.
         fn msg(&mut self, who: usize, at_ms: i64, text: &str) -> (MessageCreated, Position) {
             self.offset += 1;
-            let event = MessageCreated {
-                v: 1,
-                kind: "message.created".into(),
-                id: self.ids.next().uuid(),
-                chat_id: ChatId::from_uuid(self.id),
-                sender_id: self.users[who],
-                recipient_id: self.users[1 - who],
-                text: text.into(),
-                sent_at: self.start + time::Duration::milliseconds(at_ms),
-                client_message_id: None,
-            };
+            let event = MessageCreated::new(
+                self.ids.next().uuid(),
+                ChatId::from_uuid(self.id),
+                self.users[who],
+                Some(self.users[1 - who]),
+                text.into(),
+                self.start + time::Duration::milliseconds(at_ms),
+            );
             (
                 event,
                 Position {

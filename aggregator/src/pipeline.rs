@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::batcher::{Applied, Batcher, Limits, Write};
+use chat_events::{ChatKind, Event};
+
+use crate::batcher::{Applied, Batcher, Incoming, Limits, Write};
 use crate::sink::{Sink, SinkError};
 use crate::source::{Delivery, Source};
 
@@ -129,30 +131,39 @@ impl Pipeline {
         delivery: Delivery,
         urgent: &mut Vec<uuid::Uuid>,
     ) -> Result<(), PipelineError> {
-        let (event, position) = match delivery {
-            Delivery::Event(event, position) => (event, position),
+        let (incoming, position) = match delivery {
+            Delivery::Event(Event::Message(m), position) => {
+                metrics::counter!("aggregator_messages_in_total").increment(1);
+                self.counts
+                    .messages
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (Incoming::from(&m), position)
+            }
+            // A group's timeline events are batches of their own; a direct
+            // chat's timeline holds only messages.
+            Delivery::Event(Event::Chat(e), position) if e.chat_kind == ChatKind::Group => {
+                metrics::counter!("aggregator_events_in_total").increment(1);
+                (Incoming::from(&e), position)
+            }
+            Delivery::Event(Event::Chat(_) | Event::Read(_), _) => return Ok(()),
             Delivery::Undecodable(position, why) => {
                 metrics::counter!("aggregator_undecodable_total").increment(1);
                 tracing::warn!(
                     ?position,
                     why,
-                    "skipping a record that is not a message.created v1 event"
+                    "skipping a record that is not a v1 event of a known type"
                 );
                 return Ok(());
             }
         };
-        metrics::counter!("aggregator_messages_in_total").increment(1);
-        self.counts
-            .messages
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let chat = event.chat_id.uuid();
+        let chat = incoming.chat_id;
         if !self.batcher.knows(chat) {
             let newest = self
                 .retry(|sink| async move { sink.newest_batch(chat).await })
                 .await?;
             self.batcher.restore(chat, newest);
         }
-        match self.batcher.apply(&event, position) {
+        match self.batcher.apply(incoming, position) {
             Applied::Duplicate => {
                 metrics::counter!("aggregator_duplicates_total").increment(1);
             }

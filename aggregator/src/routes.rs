@@ -1,7 +1,7 @@
 //! HTTP: probes, metrics and, with the embedded sink, one Server-Sent
 //! Events stream per chat.
 //!
-//! `GET /chat/{id}/stream` (participants only, like every chat route): the
+//! `GET /chat/{id}/stream` (members only, like every chat route): the
 //! chat's newest batch documents first (as `added`, oldest first), then
 //! `added` / `modified` events as they are written. Every event has an id;
 //! reconnecting with `Last-Event-ID` replays exactly the changes missed, or
@@ -189,7 +189,7 @@ fn event(kind: ChangeKind, version: i64, doc: &str) -> Event {
     responses(
         (status = 200, description = "`text/event-stream` of `added`, `modified` and `removed` events", content_type = "text/event-stream", body = StreamEventData),
         (status = 401, description = "no valid token or ticket"),
-        (status = 404, description = "no such chat, or not a participant"),
+        (status = 404, description = "no such chat, or not a member"),
         (status = 503, description = "the chat store is unavailable"),
     )
 )]
@@ -201,11 +201,11 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("chat not found");
     let chat = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let participants = state.chats.members(chat).await.map_err(|e| {
-        tracing::error!(error = %e, "reading chat participants");
+    let member = state.chats.is_member(chat, caller.id).await.map_err(|e| {
+        tracing::error!(error = %e, "reading chat membership");
         ApiError::unavailable("chat store unavailable")
     })?;
-    if !participants.is_some_and(|p| p.contains(&caller.id)) {
+    if !member {
         return Err(not_found());
     }
     let resume: Option<i64> = headers
@@ -216,8 +216,13 @@ async fn stream(
     let live = state.feed.subscribe();
     let (tx, rx) = mpsc::channel::<Event>(256);
     let open = OpenStream::new();
+    let reader = Reader {
+        chats: state.chats.clone(),
+        chat,
+        user: caller.id,
+    };
     tokio::spawn(async move {
-        follow(state.feed.clone(), chat, resume, live, tx).await;
+        follow(state.feed.clone(), reader, resume, live, tx).await;
         drop(open);
     });
     let events = futures::stream::unfold(rx, |mut rx| async move {
@@ -229,15 +234,37 @@ async fn stream(
         .into_response())
 }
 
+/// Who follows which chat's stream.
+struct Reader {
+    chats: OutboxReader,
+    chat: Uuid,
+    user: Uuid,
+}
+
+impl Reader {
+    /// Whether the reader is still a member: a removed member's stream ends
+    /// before it carries anything written after the removal.
+    async fn still_member(&self) -> bool {
+        match self.chats.is_member(self.chat, self.user).await {
+            Ok(member) => member,
+            Err(e) => {
+                tracing::error!(error = %e, "reading chat membership");
+                false
+            }
+        }
+    }
+}
+
 /// Sends the snapshot or the missed changes, then live changes, until the
-/// client goes away.
+/// client goes away or stops being a member.
 async fn follow(
     store: Feed,
-    chat: Uuid,
+    reader: Reader,
     resume: Option<i64>,
     mut live: broadcast::Receiver<Change>,
     tx: mpsc::Sender<Event>,
 ) {
+    let chat = reader.chat;
     let mut last = match catch_up(&store, chat, resume, &tx).await {
         Some(v) => v,
         None => return,
@@ -250,6 +277,9 @@ async fn follow(
         };
         match received {
             Ok(change) if change.chat_id == chat && change.version > last => {
+                if !reader.still_member().await {
+                    return;
+                }
                 last = change.version;
                 if tx
                     .send(event(change.kind, change.version, &change.doc))
@@ -261,6 +291,9 @@ async fn follow(
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
+                if !reader.still_member().await {
+                    return;
+                }
                 // Too slow for the live feed: replay from the table instead.
                 match catch_up(&store, chat, Some(last), &tx).await {
                     Some(v) => last = v,

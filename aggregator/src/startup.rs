@@ -184,7 +184,14 @@ impl App {
 /// The `# HELP` of the aggregator's metrics.
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
-    describe_counter!("aggregator_messages_in_total", "Events read from the log.");
+    describe_counter!(
+        "aggregator_messages_in_total",
+        "Messages read from the log."
+    );
+    describe_counter!(
+        "aggregator_events_in_total",
+        "Group timeline events read from the log (each a batch of its own)."
+    );
     describe_counter!(
         "aggregator_duplicates_total",
         "Events dropped as already applied (redelivered or re-published)."

@@ -156,17 +156,14 @@ impl Chat {
             self.clock += time::Duration::milliseconds(rng.gen_range(100..600));
         }
         self.left_in_turn -= 1;
-        MessageCreated {
-            v: 1,
-            kind: "message.created".into(),
-            id: ids.next().uuid(),
-            chat_id: self.id,
-            sender_id: self.users[self.speaker],
-            recipient_id: self.users[1 - self.speaker],
-            text: crate::TEXT.into(),
-            sent_at: self.clock,
-            client_message_id: None,
-        }
+        MessageCreated::new(
+            ids.next().uuid(),
+            self.id,
+            self.users[self.speaker],
+            Some(self.users[1 - self.speaker]),
+            crate::TEXT.into(),
+            self.clock,
+        )
     }
 }
 

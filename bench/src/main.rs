@@ -815,17 +815,14 @@ fn firestore_cost(plan: &Plan, flush: Duration) -> Figure {
                         record(w, clock, &mut documents);
                     }
                 }
-                let event = MessageCreated {
-                    v: 1,
-                    kind: "message.created".into(),
-                    id: ids.next().uuid(),
+                let event = MessageCreated::new(
+                    ids.next().uuid(),
                     chat_id,
-                    sender_id: users[who],
-                    recipient_id: users[1 - who],
-                    text: TEXT.into(),
-                    sent_at: start + time::Duration::try_from(clock).unwrap_or_default(),
-                    client_message_id: None,
-                };
+                    users[who],
+                    Some(users[1 - who]),
+                    TEXT.into(),
+                    start + time::Duration::try_from(clock).unwrap_or_default(),
+                );
                 messages += 1;
                 let started = b.apply(
                     &event,

@@ -204,6 +204,35 @@ fn time_id(id: Uuid) -> Result<(), EventError> {
 }
 
 impl MessageCreated {
+    /// A message without client id or reply: in a direct chat with
+    /// `recipient`, or (`None`) in a group.
+    pub fn new(
+        id: Uuid,
+        chat_id: ChatId,
+        sender_id: UserId,
+        recipient_id: Option<UserId>,
+        text: String,
+        sent_at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            v: VERSION,
+            kind: TYPE.to_owned(),
+            id,
+            chat_id,
+            chat_kind: if recipient_id.is_some() {
+                ChatKind::Direct
+            } else {
+                ChatKind::Group
+            },
+            sender_id,
+            recipient_id,
+            text,
+            sent_at,
+            client_message_id: None,
+            reply_to: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         encode(self)
     }

@@ -179,19 +179,14 @@ mod tests {
 
     fn event() -> Event {
         let id = chat_events::TimeUuidGenerator::new().next();
-        Event::Message(chat_events::MessageCreated {
-            v: chat_events::event::VERSION,
-            kind: chat_events::event::TYPE.into(),
-            id: id.uuid(),
-            chat_id: Uuid::new_v4().into(),
-            chat_kind: chat_events::ChatKind::Direct,
-            sender_id: Uuid::new_v4().into(),
-            recipient_id: Some(Uuid::new_v4().into()),
-            text: "hi".into(),
-            sent_at: id.datetime(),
-            client_message_id: None,
-            reply_to: None,
-        })
+        Event::Message(chat_events::MessageCreated::new(
+            id.uuid(),
+            Uuid::new_v4().into(),
+            Uuid::new_v4().into(),
+            Some(Uuid::new_v4().into()),
+            "hi".into(),
+            id.datetime(),
+        ))
     }
 
     #[tokio::test(start_paused = true)]

@@ -100,7 +100,12 @@ pub struct StartDirect {
 #[serde(deny_unknown_fields)]
 pub struct NewGroup {
     /// 1 to 100 characters, not only whitespace.
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S", example = "Weekend trip")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"\S",
+        example = "Weekend trip"
+    )]
     pub title: String,
     /// The members besides the caller (who becomes the owner): at least one,
     /// all existing users; duplicates and the caller are ignored.
@@ -269,7 +274,12 @@ pub struct HistoryParams {
 #[derive(Deserialize, ToSchema)]
 pub struct Rename {
     /// 1 to 100 characters, not only whitespace.
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S", example = "Trip planning")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"\S",
+        example = "Trip planning"
+    )]
     pub title: String,
 }
 
@@ -648,9 +658,9 @@ async fn add_member(
 
 /// The member a path names; a malformed id names nobody.
 fn member_id(raw: &str) -> Result<UserId> {
-    raw.parse::<Uuid>().map(UserId::from).map_err(|_| {
-        Error::NotFound("member_not_found", "no such member of this chat".into())
-    })
+    raw.parse::<Uuid>()
+        .map(UserId::from)
+        .map_err(|_| Error::NotFound("member_not_found", "no such member of this chat".into()))
 }
 
 /// Remove a member from a group (owner: anyone; admins: plain members), or
@@ -719,7 +729,10 @@ async fn mark_read(
             "message_id is not a message of this chat".into(),
         )
     })?;
-    state.chats.mark_read(&id, caller.id.into(), message).await?;
+    state
+        .chats
+        .mark_read(&id, caller.id.into(), message)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

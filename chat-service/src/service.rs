@@ -35,7 +35,7 @@ use crate::domain::{ClientMessageId, MessageText, Quantity, Title};
 use crate::error::{Error, Result};
 use crate::log::MessageLog;
 use crate::store::{
-    Added, ChatEventType, ChatKind, ChatSummary, Changed, Chat, Inserted, Item, Member, Message,
+    Added, Changed, Chat, ChatEventType, ChatKind, ChatSummary, Inserted, Item, Member, Message,
     MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent,
 };
 use crate::users::UserDirectory;
@@ -140,7 +140,13 @@ impl Timeline {
         limit: usize,
     ) -> Result<Added> {
         let _turn = self.turn(chat).await;
-        let event = self.event(chat, ChatEventType::MemberAdded, actor, Some(member.id), None);
+        let event = self.event(
+            chat,
+            ChatEventType::MemberAdded,
+            actor,
+            Some(member.id),
+            None,
+        );
         let added = self.store.add_member(member, event.clone(), limit).await?;
         if let Added::Added(members) = &added {
             self.log
@@ -294,7 +300,11 @@ impl ChatService {
     /// Starts the direct chat between the caller and `other`, or finds it;
     /// `true` when it is new. Returns what is stored, so both members see
     /// the same record.
-    pub async fn start_chat(&self, caller: &AuthUser, other: UserId) -> Result<(bool, ChatSummary)> {
+    pub async fn start_chat(
+        &self,
+        caller: &AuthUser,
+        other: UserId,
+    ) -> Result<(bool, ChatSummary)> {
         let caller_id = UserId::from(caller.id);
         if other == caller_id {
             return Err(Error::Unprocessable(
@@ -303,33 +313,21 @@ impl ChatService {
             ));
         }
         let created_at = now_millis();
-        let other = self.new_member(caller, other, Role::Member, created_at).await?;
-        let me = Member {
-            id: caller_id,
-            username: self.caller_name(caller).await?,
-            role: Role::Member,
-            joined_at: created_at,
-            last_read_id: None,
-        };
-        let chat = Chat {
-            id: chat_events::chat_id(caller_id, other.id),
-            kind: ChatKind::Direct,
-            title: None,
+        let other = self
+            .new_member(caller, other, Role::Member, created_at)
+            .await?;
+        let (new, log) = NewChat::direct(
+            (caller_id, self.caller_name(caller).await?),
+            (other.id, other.username),
             created_at,
-            member_count: 2,
-        };
-        let event = self.timeline.event(chat.id, ChatEventType::ChatCreated, caller_id, None, None);
-        let log = event.log_event(ChatKind::Direct, vec![caller_id, other.id]);
-        let new = NewChat {
-            chat: chat.clone(),
-            members: vec![me, other],
-            event: None,
-        };
+            self.timeline.ids.next(),
+        );
+        let chat = new.chat.id;
         let created = self.store.create_chat(new, log.clone()).await?;
         // Published on every start, so a start whose publish failed is
         // completed by its retry; consumers know a chat they saw created.
         self.timeline.log.publish(&log).await?;
-        Ok((created, self.summary(caller_id, chat.id).await?))
+        Ok((created, self.summary(caller_id, chat).await?))
     }
 
     /// Creates a group: the caller its owner, `member_ids` (duplicates and
@@ -357,44 +355,24 @@ impl ChatService {
             return Err(self.full());
         }
         let created_at = now_millis();
-        let mut members = vec![Member {
-            id: caller_id,
-            username: self.caller_name(caller).await?,
-            role: Role::Owner,
-            joined_at: created_at,
-            last_read_id: None,
-        }];
-        let looked_up: Vec<Member> = futures::stream::iter(others)
+        let others: Vec<(UserId, String)> = futures::stream::iter(others)
             .map(|id| self.new_member(caller, id, Role::Member, created_at))
             .buffered(LOOKUPS)
+            .map_ok(|m| (m.id, m.username))
             .try_collect()
             .await?;
-        members.extend(looked_up);
-        let ids: Vec<UserId> = members.iter().map(|m| m.id).collect();
-        let chat = Chat {
-            id: ChatId::from(uuid::Uuid::new_v4()),
-            kind: ChatKind::Group,
-            title: Some(title.into_inner()),
+        let (new, log) = NewChat::group(
+            ChatId::from(uuid::Uuid::new_v4()),
+            title.into_inner(),
+            (caller_id, self.caller_name(caller).await?),
+            others,
             created_at,
-            member_count: members.len(),
-        };
-        let mut event = self.timeline.event(
-            chat.id,
-            ChatEventType::ChatCreated,
-            caller_id,
-            None,
-            chat.title.clone(),
+            self.timeline.ids.next(),
         );
-        event.members = ids.clone();
-        let log = event.log_event(ChatKind::Group, ids);
-        let new = NewChat {
-            chat: chat.clone(),
-            members,
-            event: Some(event),
-        };
+        let chat = new.chat.id;
         self.store.create_chat(new, log.clone()).await?;
         self.timeline.log.publish(&log).await?;
-        self.summary(caller_id, chat.id).await
+        self.summary(caller_id, chat).await
     }
 
     fn full(&self) -> Error {
@@ -459,7 +437,14 @@ impl ChatService {
             ));
         }
         self.timeline
-            .send(&access.chat, access.other, caller, text, client_message_id, reply_to)
+            .send(
+                &access.chat,
+                access.other,
+                caller,
+                text,
+                client_message_id,
+                reply_to,
+            )
             .await
     }
 
@@ -474,7 +459,10 @@ impl ChatService {
     ) -> Result<(Vec<Item>, bool)> {
         let access = self.access(raw_id, caller).await?;
         let quantity = quantity.get();
-        let mut items = self.store.history(access.chat.id, before, quantity + 1).await?;
+        let mut items = self
+            .store
+            .history(access.chat.id, before, quantity + 1)
+            .await?;
         let has_more = items.len() > quantity;
         items.truncate(quantity);
         Ok((items, has_more))
@@ -491,7 +479,10 @@ impl ChatService {
     ) -> Result<(Vec<Item>, bool)> {
         let access = self.access(raw_id, caller).await?;
         let quantity = quantity.get();
-        let mut items = self.store.catch_up(access.chat.id, after, quantity + 1).await?;
+        let mut items = self
+            .store
+            .catch_up(access.chat.id, after, quantity + 1)
+            .await?;
         let has_more = items.len() > quantity;
         items.truncate(quantity);
         Ok((items, has_more))
@@ -517,7 +508,9 @@ impl ChatService {
         if let Some((_, member)) = self.store.membership(chat, user).await? {
             return Ok((false, member));
         }
-        let member = self.new_member(caller, user, Role::Member, now_millis()).await?;
+        let member = self
+            .new_member(caller, user, Role::Member, now_millis())
+            .await?;
         match self
             .timeline
             .add_member(chat, caller_id, member.clone(), self.max_members)

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_events::MessageCreated;
+use chat_events::Event;
 use chat_service::outbox::{LogEntry, OutboxReader, OutboxWake};
 use rusqlite::OptionalExtension;
 
@@ -172,7 +172,7 @@ impl Source for EmbeddedSource {
             partition: 0,
             offset: entry.seq,
         };
-        Ok(match MessageCreated::decode(&entry.payload) {
+        Ok(match Event::decode(&entry.payload) {
             Ok(event) => Delivery::Event(event, position),
             Err(e) => Delivery::Undecodable(position, e.to_string()),
         })

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chat_events::MessageCreated;
+use chat_events::Event;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -189,7 +189,7 @@ impl Source for KafkaSource {
             .or_insert(position.offset);
         *seen = (*seen).max(position.offset);
         let payload = record.payload().unwrap_or_default();
-        Ok(match MessageCreated::decode(payload) {
+        Ok(match Event::decode(payload) {
             Ok(event) => Delivery::Event(event, position),
             Err(e) => Delivery::Undecodable(position, e.to_string()),
         })

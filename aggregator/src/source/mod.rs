@@ -8,15 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chat_events::MessageCreated;
+use chat_events::Event;
 
 use crate::batcher::Position;
 
 #[derive(Debug)]
 pub enum Delivery {
-    Event(MessageCreated, Position),
-    /// A record that is not a `message.created` v1 event: logged, counted
-    /// and skipped (it must not block the partition forever).
+    Event(Event, Position),
+    /// A record that is not a v1 event of a known type: logged, counted and
+    /// skipped (it must not block the partition forever).
     Undecodable(Position, String),
 }
 

@@ -128,17 +128,14 @@ impl Conversation {
     /// The next message from participant `who`, `after_ms` after the last.
     pub fn say(&mut self, who: usize, after_ms: i64, text: &str) -> MessageCreated {
         self.clock += time::Duration::milliseconds(after_ms);
-        MessageCreated {
-            v: 1,
-            kind: "message.created".into(),
-            id: self.ids.next().uuid(),
-            chat_id: self.chat_id.into(),
-            sender_id: self.users[who].into(),
-            recipient_id: self.users[1 - who].into(),
-            text: text.into(),
-            sent_at: self.clock,
-            client_message_id: None,
-        }
+        MessageCreated::new(
+            self.ids.next().uuid(),
+            self.chat_id.into(),
+            self.users[who].into(),
+            Some(self.users[1 - who].into()),
+            text.into(),
+            self.clock,
+        )
     }
 }
 

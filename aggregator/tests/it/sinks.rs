@@ -22,13 +22,17 @@ fn batch(chat: Uuid, seq: u64, count: usize, closed: bool, ids: &TimeUuidGenerat
         chat_id: chat,
         batch_id: Uuid::nil(),
         seq,
-        participants: [sender, Uuid::new_v4()],
+        chat_kind: chat_events::ChatKind::Direct,
+        title: None,
+        members: vec![sender, Uuid::new_v4()],
         sender_id: sender,
         messages: (0..count)
             .map(|i| BatchMessage {
                 id: ids.next().uuid(),
                 text: format!("m{i}"),
                 sent_at: t0 + time::Duration::milliseconds(i as i64),
+                reply_to: None,
+                event: None,
             })
             .collect(),
         closed,
@@ -59,6 +63,8 @@ fn grown(b: &Batch, by: usize, ids: &TimeUuidGenerator) -> Batch {
             id: ids.next().uuid(),
             text: format!("more {i}"),
             sent_at: last + time::Duration::milliseconds(1),
+            reply_to: None,
+            event: None,
         });
     }
     next.last_position.offset += by as i64;
@@ -73,7 +79,9 @@ fn write(batch: &Batch, closing: Option<&Batch>, new: bool) -> Write {
         batch_changed: true,
         summary: new.then(|| Summary {
             chat_id: batch.chat_id,
-            participants: batch.participants,
+            chat_kind: batch.chat_kind,
+            title: batch.title.clone(),
+            members: batch.members.clone(),
             last_batch_id: batch.batch_id,
             last_batch_seq: batch.seq,
             last_sender_id: batch.sender_id,

@@ -17,7 +17,7 @@ use chat_events::{TimeUuidGenerator, UserId};
 use chat_service::domain::MessageText;
 use chat_service::outbox::OutboxReader;
 use chat_service::store::sqlite::SqliteStore;
-use chat_service::store::{Chat, Message, MessageStore, Participant};
+use chat_service::store::{ChatKind, Message, MessageStore, NewChat};
 use uuid::Uuid;
 
 use crate::common::{self, producer, publish, Conversation};
@@ -105,28 +105,24 @@ async fn embedded_source() {
     let dir: PathBuf = data.path().into();
     let (store, _log) = SqliteStore::open_with_outbox(&dir).await.expect("store");
     let users = [UserId::from(Uuid::new_v4()), Uuid::new_v4().into()];
-    let chat = Chat {
-        id: chat_events::chat_id(users[0], users[1]),
-        participants: users.map(|id| Participant {
-            id,
-            username: id.uuid().simple().to_string(),
-        }),
-        created_at: 0,
-    };
-    store.create_chat(&chat).await.expect("chat");
     let ids = TimeUuidGenerator::new();
+    let name = |id: UserId| (id, id.uuid().simple().to_string());
+    let (new, log) = NewChat::direct(name(users[0]), name(users[1]), 0, ids.next());
+    let chat = new.chat.clone();
+    store.create_chat(new, log).await.expect("chat");
     let say = || {
         let message = Message {
             id: ids.next(),
             chat_id: chat.id,
             sender_id: users[0],
-            recipient_id: users[1],
             text: MessageText::parse("hi".into()).expect("text"),
             client_message_id: None,
+            reply_to: None,
         };
+        let event = message.event(ChatKind::Direct, Some(users[1])).into();
         let store = store.clone();
         async move {
-            store.insert_message(message).await.expect("insert");
+            store.insert_message(message, event).await.expect("insert");
         }
     };
     for _ in 0..10 {

@@ -56,8 +56,9 @@ use scylla::value::{CqlTimeuuid, CqlValue, Row};
 use uuid::Uuid;
 
 use super::{
-    preview, Added, ChatEventType, ChatKind, Changed, Chat, ChatSummary, Inserted, Item, LastMessage,
-    Member, Message, MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent, UNREAD_CAP,
+    preview, Added, Changed, Chat, ChatEventType, ChatKind, ChatSummary, Inserted, Item,
+    LastMessage, Member, Message, MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent,
+    UNREAD_CAP,
 };
 use crate::domain::{ClientMessageId, MessageText};
 
@@ -271,8 +272,22 @@ fn time_uuid(t: CqlTimeuuid) -> Result<TimeUuid, StoreError> {
 }
 
 fn stored_chat(row: ChatRow) -> Result<StoredChat, StoreError> {
-    let (id, kind, title, created_at, a, a_name, b, b_name, count, seq, activity, last, sender, text) =
-        row;
+    let (
+        id,
+        kind,
+        title,
+        created_at,
+        a,
+        a_name,
+        b,
+        b_name,
+        count,
+        seq,
+        activity,
+        last,
+        sender,
+        text,
+    ) = row;
     let kind = match kind.as_deref() {
         Some("group") => ChatKind::Group,
         Some("direct") => ChatKind::Direct,
@@ -311,7 +326,12 @@ fn stored_chat(row: ChatRow) -> Result<StoredChat, StoreError> {
 
 impl StoredChat {
     /// The chat as `user` sees it, with their read horizon.
-    fn summary_for(self, user: UserId, read_seq: i64, last_read_id: Option<TimeUuid>) -> ChatSummary {
+    fn summary_for(
+        self,
+        user: UserId,
+        read_seq: i64,
+        last_read_id: Option<TimeUuid>,
+    ) -> ChatSummary {
         let other = self.pair.and_then(|pair| {
             pair.into_iter()
                 .find(|(id, _)| *id != user)
@@ -423,7 +443,9 @@ fn item_of_row(row: ItemRow, chat: ChatId) -> Result<(Item, Option<i64>), StoreE
 /// Microseconds since the Unix epoch of a TimeUUID: the write timestamp of
 /// a read horizon, so the newest one wins.
 fn micros(id: TimeUuid) -> i64 {
-    (id.ticks().saturating_sub(chat_events::timeuuid::GREGORIAN_OFFSET) / 10) as i64
+    (id.ticks()
+        .saturating_sub(chat_events::timeuuid::GREGORIAN_OFFSET)
+        / 10) as i64
 }
 
 impl CqlStore {
@@ -713,7 +735,11 @@ impl CqlStore {
     }
 
     /// The member and their `read_seq`, if `user` is a member of `chat`.
-    async fn member(&self, chat: ChatId, user: UserId) -> Result<Option<(Member, i64)>, StoreError> {
+    async fn member(
+        &self,
+        chat: ChatId,
+        user: UserId,
+    ) -> Result<Option<(Member, i64)>, StoreError> {
         let row = self
             .session
             .execute_unpaged(&self.q.select_member, (chat.uuid(), user.uuid()))
@@ -735,12 +761,17 @@ impl CqlStore {
                 members.push(member);
             }
         }
-        members.sort_by_key(|m| (m.joined_at, m.id));
+        members.sort_by_key(|m| (m.joined_at, std::cmp::Reverse(m.role), m.id));
         Ok(members)
     }
 
     async fn member_ids(&self, chat: ChatId) -> Result<Vec<UserId>, StoreError> {
-        Ok(self.member_list(chat).await?.into_iter().map(|m| m.id).collect())
+        Ok(self
+            .member_list(chat)
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
     }
 
     /// The message count and member count of `chat`, as the lightweight
@@ -756,12 +787,20 @@ impl CqlStore {
         Ok((row.0.unwrap_or_default(), row.1.unwrap_or_default()))
     }
 
-    async fn item(&self, chat: ChatId, id: TimeUuid) -> Result<Option<(Item, Option<i64>)>, StoreError> {
+    async fn item(
+        &self,
+        chat: ChatId,
+        id: TimeUuid,
+    ) -> Result<Option<(Item, Option<i64>)>, StoreError> {
         let row = self
             .session
             .execute_unpaged(
                 &self.q.select_item,
-                (chat.uuid(), self.bucket_of(id), CqlTimeuuid::from(id.uuid())),
+                (
+                    chat.uuid(),
+                    self.bucket_of(id),
+                    CqlTimeuuid::from(id.uuid()),
+                ),
             )
             .await?
             .into_rows_result()?
@@ -826,7 +865,9 @@ impl CqlStore {
             ),
         };
         let chat = values.0;
-        self.session.execute_unpaged(&self.q.insert_item, values).await?;
+        self.session
+            .execute_unpaged(&self.q.insert_item, values)
+            .await?;
         self.session
             .execute_unpaged(&self.q.insert_bucket, (chat, bucket))
             .await?;
@@ -881,7 +922,12 @@ impl CqlStore {
 
     /// Changes the member count by `delta` unless it would pass `limit`;
     /// returns whether it changed.
-    async fn count_members(&self, chat: ChatId, delta: i32, limit: usize) -> Result<bool, StoreError> {
+    async fn count_members(
+        &self,
+        chat: ChatId,
+        delta: i32,
+        limit: usize,
+    ) -> Result<bool, StoreError> {
         let (_, mut count) = self.counts(chat).await?;
         for _ in 0..LWT_TRIES {
             if delta > 0 && (count.max(0) as usize) + (delta as usize) > limit {
@@ -905,7 +951,13 @@ impl CqlStore {
         )))
     }
 
-    async fn set_read(&self, chat: ChatId, user: UserId, seq: i64, message: TimeUuid) -> Result<(), StoreError> {
+    async fn set_read(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        seq: i64,
+        message: TimeUuid,
+    ) -> Result<(), StoreError> {
         self.session
             .execute_unpaged(
                 &self.q.set_read,
@@ -939,7 +991,11 @@ impl CqlStore {
         let mut out: Vec<Item> = Vec::with_capacity(limit);
         let mut next = start;
         'buckets: loop {
-            let listing = if up { &self.q.buckets_up } else { &self.q.buckets_down };
+            let listing = if up {
+                &self.q.buckets_up
+            } else {
+                &self.q.buckets_down
+            };
             let buckets = self
                 .session
                 .execute_unpaged(listing, (chat, next))
@@ -956,14 +1012,27 @@ impl CqlStore {
                 let want = (limit - out.len()) as i32;
                 let result = match from {
                     Some(t) if *bucket == start => {
-                        let stmt = if up { &self.q.page_up_after } else { &self.q.page_down_before };
+                        let stmt = if up {
+                            &self.q.page_up_after
+                        } else {
+                            &self.q.page_down_before
+                        };
                         self.session
-                            .execute_unpaged(stmt, (chat, *bucket, CqlTimeuuid::from(t.uuid()), want))
+                            .execute_unpaged(
+                                stmt,
+                                (chat, *bucket, CqlTimeuuid::from(t.uuid()), want),
+                            )
                             .await
                     }
                     _ => {
-                        let stmt = if up { &self.q.page_up } else { &self.q.page_down };
-                        self.session.execute_unpaged(stmt, (chat, *bucket, want)).await
+                        let stmt = if up {
+                            &self.q.page_up
+                        } else {
+                            &self.q.page_down
+                        };
+                        self.session
+                            .execute_unpaged(stmt, (chat, *bucket, want))
+                            .await
                     }
                 }?
                 .into_rows_result()?;
@@ -1153,7 +1222,15 @@ impl MessageStore for CqlStore {
         let mut mine = std::collections::HashMap::with_capacity(ids.len());
         for page in member_pages {
             let rows = page.into_rows_result()?;
-            type Row = (Uuid, Uuid, Option<String>, Option<String>, Option<i64>, Option<i64>, Option<CqlTimeuuid>);
+            type Row = (
+                Uuid,
+                Uuid,
+                Option<String>,
+                Option<String>,
+                Option<i64>,
+                Option<i64>,
+                Option<CqlTimeuuid>,
+            );
             for row in rows.rows::<Row>()? {
                 let (chat, id, username, role, joined_at, read_seq, last_read) = row?;
                 if let Some((member, seq)) =
@@ -1192,12 +1269,18 @@ impl MessageStore for CqlStore {
                 if let Some((Item::Message(existing), _)) = self.item(m.chat_id, owner).await? {
                     return Ok(Inserted::Existing(existing));
                 }
-                outcome = Inserted::Existing(Message { id: owner, ..m.clone() });
+                outcome = Inserted::Existing(Message {
+                    id: owner,
+                    ..m.clone()
+                });
             }
         }
         let message = outcome.message().clone();
         if let Some(target) = message.reply_to {
-            if !matches!(self.item(message.chat_id, target).await?, Some((Item::Message(_), _))) {
+            if !matches!(
+                self.item(message.chat_id, target).await?,
+                Some((Item::Message(_), _))
+            ) {
                 return Err(StoreError::NoSuchReply);
             }
         }
@@ -1320,7 +1403,12 @@ impl MessageStore for CqlStore {
             return Ok(false);
         }
         if role == Role::Owner {
-            for owner in self.member_list(chat).await?.iter().filter(|m| m.role == Role::Owner) {
+            for owner in self
+                .member_list(chat)
+                .await?
+                .iter()
+                .filter(|m| m.role == Role::Owner)
+            {
                 self.session
                     .execute_unpaged(&self.q.set_role, ("admin", chat.uuid(), owner.id.uuid()))
                     .await?;

@@ -78,6 +78,96 @@ pub struct NewChat {
     pub event: Option<TimelineEvent>,
 }
 
+impl NewChat {
+    /// The direct chat between `a` and `b` (id and name), created at
+    /// `created_at` (milliseconds) by `a`, with its `chat.created` event on
+    /// the log (`event_id`).
+    pub fn direct(
+        a: (UserId, String),
+        b: (UserId, String),
+        created_at: i64,
+        event_id: TimeUuid,
+    ) -> (Self, Event) {
+        let member = |(id, username): (UserId, String)| Member {
+            id,
+            username,
+            role: Role::Member,
+            joined_at: created_at,
+            last_read_id: None,
+        };
+        let (a, b) = (member(a), member(b));
+        let chat = Chat {
+            id: chat_events::chat_id(a.id, b.id),
+            kind: ChatKind::Direct,
+            title: None,
+            created_at,
+            member_count: 2,
+        };
+        let event = TimelineEvent {
+            id: event_id,
+            chat_id: chat.id,
+            kind: ChatEventType::ChatCreated,
+            actor_id: a.id,
+            user_id: None,
+            title: None,
+            members: vec![a.id, b.id],
+        };
+        let log = event.log_event(ChatKind::Direct, event.members.clone());
+        let new = Self {
+            chat,
+            members: vec![a, b],
+            event: None,
+        };
+        (new, log)
+    }
+
+    /// A new group `id` titled `title`: `owner` (id and name) its owner,
+    /// `others` its members, created at `created_at` (milliseconds), with
+    /// its `chat_created` event (`event_id`) and that event on the log.
+    pub fn group(
+        id: ChatId,
+        title: String,
+        owner: (UserId, String),
+        others: Vec<(UserId, String)>,
+        created_at: i64,
+        event_id: TimeUuid,
+    ) -> (Self, Event) {
+        let member = |(id, username): (UserId, String), role| Member {
+            id,
+            username,
+            role,
+            joined_at: created_at,
+            last_read_id: None,
+        };
+        let mut members = vec![member(owner, Role::Owner)];
+        members.extend(others.into_iter().map(|o| member(o, Role::Member)));
+        let ids: Vec<UserId> = members.iter().map(|m| m.id).collect();
+        let chat = Chat {
+            id,
+            kind: ChatKind::Group,
+            title: Some(title.clone()),
+            created_at,
+            member_count: members.len(),
+        };
+        let event = TimelineEvent {
+            id: event_id,
+            chat_id: id,
+            kind: ChatEventType::ChatCreated,
+            actor_id: ids[0],
+            user_id: None,
+            title: Some(title),
+            members: ids.clone(),
+        };
+        let log = event.log_event(ChatKind::Group, ids);
+        let new = Self {
+            chat,
+            members,
+            event: Some(event),
+        };
+        (new, log)
+    }
+}
+
 /// The newest message of a chat, for the chat list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastMessage {
@@ -308,8 +398,7 @@ pub trait MessageStore: Send + Sync + 'static {
     /// moves to the new message. Refused with [`StoreError::NotMember`] when
     /// the sender is not a member, and [`StoreError::NoSuchReply`] when
     /// `reply_to` is not a message of the chat.
-    async fn insert_message(&self, message: Message, log: Event)
-        -> Result<Inserted, StoreError>;
+    async fn insert_message(&self, message: Message, log: Event) -> Result<Inserted, StoreError>;
 
     /// Up to `limit` items of the chat strictly older than `before` (or the
     /// newest, without it), newest first.

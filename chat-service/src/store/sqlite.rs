@@ -171,6 +171,10 @@ fn chat_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Chat> {
 }
 
 const MEMBER_COLUMNS: &str = "m.user_id, m.username, m.role, m.joined_at, m.last_read_id";
+/// Members in the order they joined; those who joined together owner first,
+/// then admins.
+const MEMBER_ORDER: &str = "m.joined_at, CASE m.role WHEN 'owner' THEN 0 WHEN 'admin' THEN 1 \
+     ELSE 2 END, m.user_id";
 
 /// [`MEMBER_COLUMNS`] from `at` on.
 fn member_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Member> {
@@ -274,9 +278,9 @@ fn append_log(conn: &Connection, outbox: bool, event: &Event) -> Result<(), Stor
 
 /// The chat's members' ids, in the order they joined.
 fn member_ids(conn: &Connection, chat: ChatId) -> Result<Vec<UserId>, StoreError> {
-    let mut query = conn.prepare_cached(
-        "SELECT user_id FROM members WHERE chat_id = ?1 ORDER BY joined_at, user_id",
-    )?;
+    let mut query = conn.prepare_cached(&format!(
+        "SELECT user_id FROM members m WHERE chat_id = ?1 ORDER BY {MEMBER_ORDER}"
+    ))?;
     let rows = query.query_map([chat.uuid()], |r| Ok(UserId::from_uuid(r.get(0)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -291,7 +295,12 @@ fn role(conn: &Connection, chat: ChatId, user: UserId) -> Result<Option<Role>, S
         .optional()?)
 }
 
-fn insert_member(conn: &Connection, chat: ChatId, m: &Member, read_seq: i64) -> Result<(), StoreError> {
+fn insert_member(
+    conn: &Connection,
+    chat: ChatId,
+    m: &Member,
+    read_seq: i64,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO members (chat_id, user_id, username, role, joined_at, last_read_id, read_seq) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -366,22 +375,30 @@ fn create_chat(
 }
 
 /// The timeline item `id` of `chat`.
-fn item(conn: &Connection, chat: ChatId, id: TimeUuid) -> Result<Option<(Item, Option<i64>)>, StoreError> {
+fn item(
+    conn: &Connection,
+    chat: ChatId,
+    id: TimeUuid,
+) -> Result<Option<(Item, Option<i64>)>, StoreError> {
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {ITEM_COLUMNS}, seq FROM timeline WHERE chat_id = ?1 AND ts = ?2 AND id = ?3"
         ))?
-        .query_row(
-            params![chat.uuid(), id.ticks() as i64, id.uuid()],
-            |r| Ok((item_from_row(r)?, r.get(9)?)),
-        )
+        .query_row(params![chat.uuid(), id.ticks() as i64, id.uuid()], |r| {
+            Ok((item_from_row(r)?, r.get(9)?))
+        })
         .optional()?)
 }
 
 /// Stores a new message (and its outbox entry), or returns the one this
 /// sender already sent with the same client id (earlier writes of the same
 /// group included: they share the transaction).
-fn insert(conn: &Connection, outbox: bool, m: Message, log: &Event) -> Result<Inserted, StoreError> {
+fn insert(
+    conn: &Connection,
+    outbox: bool,
+    m: Message,
+    log: &Event,
+) -> Result<Inserted, StoreError> {
     if role(conn, m.chat_id, m.sender_id)?.is_none() {
         return Err(StoreError::NotMember);
     }
@@ -438,7 +455,12 @@ fn insert(conn: &Connection, outbox: bool, m: Message, log: &Event) -> Result<In
     conn.prepare_cached(
         "UPDATE members SET read_seq = ?3, last_read_id = ?4 WHERE chat_id = ?1 AND user_id = ?2",
     )?
-    .execute(params![m.chat_id.uuid(), m.sender_id.uuid(), seq, m.id.uuid()])?;
+    .execute(params![
+        m.chat_id.uuid(),
+        m.sender_id.uuid(),
+        seq,
+        m.id.uuid()
+    ])?;
     append_log(conn, outbox, log)?;
     Ok(Inserted::New(m))
 }
@@ -466,11 +488,19 @@ fn add_member(
         .execute([chat.uuid()])?;
     insert_event(conn, event)?;
     let members = member_ids(conn, chat)?;
-    append_log(conn, outbox, &event.log_event(ChatKind::Group, members.clone()))?;
+    append_log(
+        conn,
+        outbox,
+        &event.log_event(ChatKind::Group, members.clone()),
+    )?;
     Ok(Added::Added(members))
 }
 
-fn remove_member(conn: &Connection, outbox: bool, event: &TimelineEvent) -> Result<Changed, StoreError> {
+fn remove_member(
+    conn: &Connection,
+    outbox: bool,
+    event: &TimelineEvent,
+) -> Result<Changed, StoreError> {
     let chat = event.chat_id;
     let Some(user) = event.user_id else {
         return Ok(Changed::NotMember);
@@ -492,7 +522,11 @@ fn remove_member(conn: &Connection, outbox: bool, event: &TimelineEvent) -> Resu
     }
     insert_event(conn, event)?;
     let members = member_ids(conn, chat)?;
-    append_log(conn, outbox, &event.log_event(ChatKind::Group, members.clone()))?;
+    append_log(
+        conn,
+        outbox,
+        &event.log_event(ChatKind::Group, members.clone()),
+    )?;
     Ok(Changed::Done(members))
 }
 
@@ -505,7 +539,11 @@ fn rename(conn: &Connection, outbox: bool, event: &TimelineEvent) -> Result<Chan
         .execute(params![chat.uuid(), event.title])?;
     insert_event(conn, event)?;
     let members = member_ids(conn, chat)?;
-    append_log(conn, outbox, &event.log_event(ChatKind::Group, members.clone()))?;
+    append_log(
+        conn,
+        outbox,
+        &event.log_event(ChatKind::Group, members.clone()),
+    )?;
     Ok(Changed::Done(members))
 }
 
@@ -571,9 +609,11 @@ impl MessageStore for SqliteStore {
 
     async fn chat(&self, id: ChatId) -> Result<Option<Chat>, StoreError> {
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = ?1"))?
-                .query_row([id.uuid()], |r| chat_from_row(r, 0))
-                .optional()
+            c.prepare_cached(&format!(
+                "SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = ?1"
+            ))?
+            .query_row([id.uuid()], |r| chat_from_row(r, 0))
+            .optional()
         })
         .await
     }
@@ -600,7 +640,7 @@ impl MessageStore for SqliteStore {
         self.scan(move |c| {
             let mut query = c.prepare_cached(&format!(
                 "SELECT {MEMBER_COLUMNS} FROM members m WHERE m.chat_id = ?1 \
-                 ORDER BY m.joined_at, m.user_id"
+                 ORDER BY {MEMBER_ORDER}"
             ))?;
             let rows = query.query_map([chat.uuid()], |r| member_from_row(r, 0))?;
             rows.collect()
@@ -656,7 +696,8 @@ impl MessageStore for SqliteStore {
                  WHERE chat_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3)) \
                  ORDER BY ts DESC, id DESC LIMIT ?4"
             ))?;
-            let rows = query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
+            let rows =
+                query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
             rows.collect()
         })
         .await
@@ -675,7 +716,8 @@ impl MessageStore for SqliteStore {
                  WHERE chat_id = ?1 AND (ts > ?2 OR (ts = ?2 AND id > ?3)) \
                  ORDER BY ts, id LIMIT ?4"
             ))?;
-            let rows = query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
+            let rows =
+                query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
             rows.collect()
         })
         .await
@@ -738,5 +780,104 @@ impl MessageStore for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_events::TimeUuidGenerator;
+
+    /// A `chat.db` written by a build before groups keeps its chats and
+    /// messages: members, sequence numbers, previews and client ids carry
+    /// over, and nothing old shows as unread.
+    #[tokio::test]
+    async fn a_schema_1_database_upgrades_with_its_chats_and_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        embedded_db::migrate(&path, &MIGRATIONS[..1])
+            .await
+            .expect("schema 1");
+        let (a, b) = (UserId::from(Uuid::new_v4()), UserId::from(Uuid::new_v4()));
+        let chat = chat_events::chat_id(a, b);
+        let ids = TimeUuidGenerator::new();
+        let sent: Vec<TimeUuid> = (0..3).map(|_| ids.next()).collect();
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute(
+                "INSERT INTO chats (id, user_a, user_a_name, user_b, user_b_name, created_at, \
+                 last_activity, last_message_id) VALUES (?1, ?2, 'alice', ?3, 'bob', 1, ?4, ?5)",
+                params![
+                    chat.uuid(),
+                    a.uuid(),
+                    b.uuid(),
+                    sent[2].unix_millis(),
+                    sent[2].uuid()
+                ],
+            )
+            .expect("chat");
+            for (i, id) in sent.iter().enumerate() {
+                let (from, to) = if i == 1 { (b, a) } else { (a, b) };
+                conn.execute(
+                    "INSERT INTO messages (chat_id, ts, id, sender_id, recipient_id, text, \
+                     client_message_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        chat.uuid(),
+                        id.ticks() as i64,
+                        id.uuid(),
+                        from.uuid(),
+                        to.uuid(),
+                        format!("old {i}"),
+                        format!("c-{i}")
+                    ],
+                )
+                .expect("message");
+            }
+        }
+        let store = SqliteStore::open(dir.path()).await.expect("upgrade");
+        let history = store.history(chat, None, 10).await.expect("history");
+        let texts: Vec<&str> = history
+            .iter()
+            .filter_map(|i| i.message().map(|m| m.text.as_str()))
+            .collect();
+        assert_eq!(texts, ["old 2", "old 1", "old 0"]);
+        let listed = store.chats_of(a).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        let summary = &listed[0];
+        assert_eq!(summary.chat.kind, ChatKind::Direct);
+        assert_eq!(
+            summary.other.as_ref().map(|o| (o.id, o.username.as_str())),
+            Some((b, "bob"))
+        );
+        assert_eq!(
+            summary
+                .last_message
+                .as_ref()
+                .map(|m| (m.id, m.preview.as_str())),
+            Some((sent[2], "old 2"))
+        );
+        assert_eq!((summary.unread, summary.last_read_id), (0, Some(sent[2])));
+        // Old client ids still deduplicate; new messages are numbered on.
+        let repeat = Message {
+            id: ids.next(),
+            chat_id: chat,
+            sender_id: b,
+            text: MessageText::parse("again".into()).expect("text"),
+            client_message_id: Some(ClientMessageId::parse("c-1".into()).expect("id")),
+            reply_to: None,
+        };
+        let event = Event::Message(repeat.event(ChatKind::Direct, Some(a)));
+        let outcome = store
+            .insert_message(repeat.clone(), event.clone())
+            .await
+            .expect("insert");
+        assert!(matches!(outcome, Inserted::Existing(m) if m.id == sent[1]));
+        let new = Message {
+            client_message_id: None,
+            ..repeat
+        };
+        store.insert_message(new, event).await.expect("insert");
+        assert_eq!(store.chats_of(a).await.expect("list")[0].unread, 1);
+        assert_eq!(store.members(chat).await.expect("members").len(), 2);
     }
 }

@@ -10,7 +10,10 @@ use chat_events::{ChatId, TimeUuid, TimeUuidGenerator, UserId};
 use chat_service::domain::{ClientMessageId, MessageText};
 use chat_service::store::cql::{CqlSettings, CqlStore};
 use chat_service::store::sqlite::SqliteStore;
-use chat_service::store::{Chat, Inserted, Message, MessageStore, Participant};
+use chat_service::store::{
+    Added, Changed, ChatEventType, ChatKind, Inserted, Item, Member, Message, MessageStore,
+    NewChat, ReadMark, Role, StoreError, TimelineEvent,
+};
 use scylla::statement::Consistency;
 use uuid::Uuid;
 
@@ -70,8 +73,13 @@ macro_rules! store_suite {
 store_suite!(
     chats_are_created_once_and_listed_by_activity,
     history_is_newest_first_and_strictly_before,
-    paging_a_thousand_same_millisecond_messages,
+    paging_a_timeline_of_messages_and_events_in_the_same_milliseconds,
     client_ids_deduplicate_even_concurrently,
+    groups_keep_their_member_limit_under_concurrent_adds,
+    roles_and_the_owner_leaving,
+    removed_members_are_refused_even_while_sending,
+    read_horizons_never_move_back_and_unread_counts_are_exact,
+    replies_must_name_a_message_of_the_chat,
 );
 
 /// A fresh random id of either kind.
@@ -79,47 +87,126 @@ fn new_id<T: From<Uuid>>() -> T {
     Uuid::new_v4().into()
 }
 
-fn chat_of(a: UserId, b: UserId) -> Chat {
-    Chat {
-        id: chat_events::chat_id(a, b),
-        participants: [
-            Participant {
-                id: a,
-                username: "a".into(),
-            },
-            Participant {
-                id: b,
-                username: "b".into(),
-            },
-        ],
-        created_at: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn named(id: UserId) -> (UserId, String) {
+    (id, format!("user-{}", id.uuid().simple()))
+}
+
+/// Creates the direct chat of `a` and `b`, `ago_ms` in the past.
+async fn direct(
+    store: &Store,
+    ids: &TimeUuidGenerator,
+    a: UserId,
+    b: UserId,
+    ago_ms: i64,
+) -> ChatId {
+    let (new, log) = NewChat::direct(named(a), named(b), now_ms() - ago_ms, ids.next());
+    let id = new.chat.id;
+    assert!(store.create_chat(new, log).await.expect("create"));
+    id
+}
+
+/// Creates a group owned by `owner` with `others`.
+async fn group(store: &Store, ids: &TimeUuidGenerator, owner: UserId, others: &[UserId]) -> ChatId {
+    let id: ChatId = new_id();
+    let (new, log) = NewChat::group(
+        id,
+        "team".into(),
+        named(owner),
+        others.iter().copied().map(named).collect(),
+        now_ms(),
+        ids.next(),
+    );
+    assert!(store.create_chat(new, log).await.expect("create group"));
+    id
+}
+
+fn message(chat: ChatId, id: TimeUuid, from: UserId, client: Option<&str>) -> Message {
+    Message {
+        id,
+        chat_id: chat,
+        sender_id: from,
+        text: MessageText::parse(format!("text of {id}")).expect("text"),
+        client_message_id: client.map(|c| ClientMessageId::parse(c.into()).expect("client id")),
+        reply_to: None,
     }
 }
 
-fn message(chat: &Chat, id: TimeUuid, from: usize, client: Option<&str>) -> Message {
-    Message {
-        id,
-        chat_id: chat.id,
-        sender_id: chat.participants[from].id,
-        recipient_id: chat.participants[1 - from].id,
-        text: MessageText::parse(format!("text of {id}")).expect("text"),
-        client_message_id: client.map(|c| ClientMessageId::parse(c.into()).expect("client id")),
+async fn insert(store: &Store, m: &Message) -> Result<Inserted, StoreError> {
+    let event = m.event(ChatKind::Group, None).into();
+    store.insert_message(m.clone(), event).await
+}
+
+/// Sends a message now; returns it.
+async fn say(store: &Store, ids: &TimeUuidGenerator, chat: ChatId, from: UserId) -> Message {
+    let m = message(chat, ids.next(), from, None);
+    assert!(matches!(
+        insert(store, &m).await.expect("insert"),
+        Inserted::New(_)
+    ));
+    m
+}
+
+fn event(
+    ids: &TimeUuidGenerator,
+    chat: ChatId,
+    kind: ChatEventType,
+    actor: UserId,
+    user: Option<UserId>,
+) -> TimelineEvent {
+    TimelineEvent {
+        id: ids.next(),
+        chat_id: chat,
+        kind,
+        actor_id: actor,
+        user_id: user,
+        title: (kind == ChatEventType::ChatRenamed).then(|| "renamed".to_owned()),
+        members: Vec::new(),
     }
+}
+
+fn member(id: UserId) -> Member {
+    let (id, username) = named(id);
+    Member {
+        id,
+        username,
+        role: Role::Member,
+        joined_at: now_ms(),
+        last_read_id: None,
+    }
+}
+
+fn item_ids(items: &[Item]) -> Vec<TimeUuid> {
+    items.iter().map(Item::id).collect()
+}
+
+async fn unread(store: &Store, user: UserId, chat: ChatId) -> u64 {
+    store
+        .chat_summary(user, chat)
+        .await
+        .expect("summary")
+        .expect("a member")
+        .unread
 }
 
 async fn chats_are_created_once_and_listed_by_activity(store: Store) {
     let (a, b, c) = (new_id(), new_id(), new_id());
+    let ids = TimeUuidGenerator::new();
     // Created in the past, so a message sent now is clearly the latest activity.
-    let mut ab = chat_of(a, b);
-    ab.created_at -= 2000;
-    assert!(store.create_chat(&ab).await.expect("create"));
-    assert!(!store.create_chat(&ab).await.expect("create again"));
-    assert_eq!(store.chat(ab.id).await.expect("get"), Some(ab.clone()));
+    let ab = direct(&store, &ids, a, b, 2000).await;
+    let (again, log) = NewChat::direct(named(a), named(b), now_ms(), ids.next());
+    assert!(!store.create_chat(again, log).await.expect("create again"));
+    let stored = store.chat(ab).await.expect("get").expect("stored");
+    assert_eq!(
+        (stored.kind, stored.member_count, stored.title),
+        (ChatKind::Direct, 2, None)
+    );
     assert_eq!(store.chat(new_id()).await.expect("get"), None);
 
-    let mut ac = chat_of(a, c);
-    ac.created_at -= 1000;
-    store.create_chat(&ac).await.expect("create");
+    let ac = direct(&store, &ids, a, c, 1000).await;
     let listed: Vec<ChatId> = store
         .chats_of(a)
         .await
@@ -127,129 +214,164 @@ async fn chats_are_created_once_and_listed_by_activity(store: Store) {
         .iter()
         .map(|s| s.chat.id)
         .collect();
-    assert_eq!(listed, [ac.id, ab.id]);
+    assert_eq!(listed, [ac, ab]);
 
-    let ids = TimeUuidGenerator::new();
-    let m = message(&ab, ids.next(), 1, None);
-    store.insert_message(m.clone()).await.expect("insert");
+    let mut m = message(ab, ids.next(), b, None);
+    m.text = MessageText::parse("é".repeat(150)).expect("text");
+    insert(&store, &m).await.expect("insert");
     let summaries = store.chats_of(a).await.expect("list");
-    assert_eq!(summaries[0].chat.id, ab.id);
-    assert_eq!(summaries[0].last_message_id, Some(m.id));
+    assert_eq!(summaries[0].chat.id, ab);
+    let last = summaries[0].last_message.clone().expect("last message");
+    assert_eq!((last.id, last.sender_id), (m.id, b));
+    assert_eq!(last.preview, "é".repeat(100));
+    assert_eq!(summaries[0].other.as_ref().map(|o| o.id), Some(b));
+    assert_eq!(summaries[0].unread, 1);
     assert_eq!(store.chats_of(b).await.expect("list").len(), 1);
     // One chat alone, as each member sees it; nobody else sees it.
-    for user in [a, b] {
-        assert_eq!(
-            store.chat_summary(user, ab.id).await.expect("one"),
-            Some(summaries[0].clone())
-        );
-    }
-    assert_eq!(store.chat_summary(c, ab.id).await.expect("one"), None);
+    assert_eq!(
+        store.chat_summary(a, ab).await.expect("one"),
+        Some(summaries[0].clone())
+    );
+    let for_b = store.chat_summary(b, ab).await.expect("one").expect("b's");
+    assert_eq!((for_b.unread, for_b.other.map(|o| o.id)), (0, Some(a)));
+    assert_eq!(store.chat_summary(c, ab).await.expect("one"), None);
+    assert_eq!(store.membership(ab, c).await.expect("membership"), None);
     assert_eq!(store.chat_summary(a, new_id()).await.expect("one"), None);
     assert!(store.chats_of(new_id()).await.expect("list").is_empty());
+    // A direct chat's timeline holds only messages.
+    assert_eq!(
+        item_ids(&store.history(ab, None, 10).await.expect("history")),
+        [m.id]
+    );
 }
 
 async fn history_is_newest_first_and_strictly_before(store: Store) {
-    let chat = chat_of(new_id(), new_id());
-    store.create_chat(&chat).await.expect("create");
+    let (a, b) = (new_id(), new_id());
     let ids = TimeUuidGenerator::new();
+    let chat = direct(&store, &ids, a, b, 0).await;
     let mut all = Vec::new();
     for i in 0..5 {
-        let m = message(&chat, ids.next(), i % 2, None);
-        assert!(matches!(
-            store.insert_message(m.clone()).await.expect("insert"),
-            Inserted::New(_)
-        ));
-        all.push(m);
+        all.push(
+            say(&store, &ids, chat, if i % 2 == 0 { a } else { b })
+                .await
+                .id,
+        );
     }
-    let newest_first: Vec<Message> = all.iter().rev().cloned().collect();
-    assert_eq!(
-        store.history(chat.id, None, 10).await.expect("history"),
-        newest_first
-    );
-    assert_eq!(
-        store.history(chat.id, None, 2).await.expect("history"),
-        newest_first[..2]
-    );
-    assert_eq!(
-        store
-            .history(chat.id, Some(all[3].id), 10)
-            .await
-            .expect("history"),
-        newest_first[2..]
-    );
-    assert!(store
-        .history(chat.id, Some(all[0].id), 10)
-        .await
-        .expect("history")
-        .is_empty());
+    let newest_first: Vec<TimeUuid> = all.iter().rev().copied().collect();
+    let history = |before, n| {
+        let store = store.clone();
+        async move { item_ids(&store.history(chat, before, n).await.expect("history")) }
+    };
+    assert_eq!(history(None, 10).await, newest_first);
+    assert_eq!(history(None, 2).await, newest_first[..2]);
+    assert_eq!(history(Some(all[3]), 10).await, newest_first[2..]);
+    assert!(history(Some(all[0]), 10).await.is_empty());
+    let items = store.history(chat, None, 1).await.expect("history");
+    assert_eq!(items[0].message().map(|m| m.sender_id), Some(a));
     assert!(store
         .history(new_id(), None, 10)
         .await
         .expect("history")
         .is_empty());
+    // Catch-up: oldest first, strictly after.
+    let after = |from, n| {
+        let store = store.clone();
+        async move { item_ids(&store.catch_up(chat, from, n).await.expect("catch up")) }
+    };
+    assert_eq!(after(all[1], 10).await, all[2..]);
+    assert_eq!(after(all[1], 2).await, all[2..4]);
+    assert!(after(all[4], 10).await.is_empty());
 }
 
-async fn paging_a_thousand_same_millisecond_messages(store: Store) {
-    let chat = chat_of(new_id(), new_id());
-    store.create_chat(&chat).await.expect("create");
+async fn paging_a_timeline_of_messages_and_events_in_the_same_milliseconds(store: Store) {
+    let (owner, other) = (new_id(), new_id());
     let ids = TimeUuidGenerator::new();
-    let messages: Vec<Message> = (0..1000)
-        .map(|i| message(&chat, ids.next(), i % 2, None))
-        .collect();
-    let per_ms = messages
+    let chat = group(&store, &ids, owner, &[other]).await;
+    let mut expected: Vec<TimeUuid> =
+        item_ids(&store.history(chat, None, 10).await.expect("history"));
+    assert_eq!(expected.len(), 1, "chat_created");
+    for i in 0..600 {
+        if i % 7 == 3 {
+            let e = event(&ids, chat, ChatEventType::ChatRenamed, owner, None);
+            expected.push(e.id);
+            assert!(matches!(
+                store.rename(e).await.expect("rename"),
+                Changed::Done(_)
+            ));
+        } else {
+            let m = message(
+                chat,
+                ids.next(),
+                if i % 2 == 0 { owner } else { other },
+                None,
+            );
+            expected.push(m.id);
+            insert(&store, &m).await.expect("insert");
+        }
+    }
+    let per_ms = expected
         .iter()
-        .map(|m| m.id.unix_millis())
+        .map(|id| id.unix_millis())
         .collect::<HashSet<_>>()
         .len();
     assert!(
-        per_ms < 500,
+        per_ms < 300,
         "ids should crowd into few milliseconds, got {per_ms} distinct"
     );
-    for m in &messages {
-        store.insert_message(m.clone()).await.expect("insert");
-    }
-    let expected: Vec<TimeUuid> = messages.iter().rev().map(|m| m.id).collect();
+    let newest_first: Vec<TimeUuid> = expected.iter().rev().copied().collect();
     for quantity in 1..=100 {
         let mut seen = Vec::new();
         let mut before = None;
         loop {
             let page = store
-                .history(chat.id, before, quantity)
+                .history(chat, before, quantity)
                 .await
                 .expect("history");
-            seen.extend(page.iter().map(|m| m.id));
+            seen.extend(item_ids(&page));
             if page.len() < quantity {
                 break;
             }
-            before = page.last().map(|m| m.id);
+            before = page.last().map(Item::id);
         }
-        assert_eq!(seen, expected, "quantity {quantity}");
+        assert_eq!(seen, newest_first, "history, quantity {quantity}");
+        let mut seen = vec![expected[0]];
+        let mut after = expected[0];
+        loop {
+            let page = store
+                .catch_up(chat, after, quantity)
+                .await
+                .expect("catch up");
+            seen.extend(item_ids(&page));
+            if page.len() < quantity {
+                break;
+            }
+            after = page.last().map(Item::id).expect("a full page");
+        }
+        assert_eq!(seen, expected, "catch-up, quantity {quantity}");
     }
 }
 
 async fn client_ids_deduplicate_even_concurrently(store: Store) {
-    let chat = chat_of(new_id(), new_id());
-    store.create_chat(&chat).await.expect("create");
+    let (a, b) = (new_id(), new_id());
     let ids = Arc::new(TimeUuidGenerator::new());
-    let first = message(&chat, ids.next(), 0, Some("k1"));
+    let chat = direct(&store, &ids, a, b, 0).await;
+    let first = message(chat, ids.next(), a, Some("k1"));
     assert_eq!(
-        store.insert_message(first.clone()).await.expect("insert"),
+        insert(&store, &first).await.expect("insert"),
         Inserted::New(first.clone())
     );
-    let again = message(&chat, ids.next(), 0, Some("k1"));
+    let again = message(chat, ids.next(), a, Some("k1"));
     assert_eq!(
-        store.insert_message(again).await.expect("insert"),
+        insert(&store, &again).await.expect("insert"),
         Inserted::Existing(first.clone())
     );
 
     let tasks: Vec<_> = (0..16)
         .map(|_| {
-            let (store, ids, chat) = (store.clone(), ids.clone(), chat.clone());
-            tokio::spawn(async move {
-                store
-                    .insert_message(message(&chat, ids.next(), 1, Some("k2")))
-                    .await
-            })
+            let (store, ids) = (store.clone(), ids.clone());
+            tokio::spawn(
+                async move { insert(&store, &message(chat, ids.next(), b, Some("k2"))).await },
+            )
         })
         .collect();
     let mut new = 0;
@@ -262,6 +384,339 @@ async fn client_ids_deduplicate_even_concurrently(store: Store) {
         winners.insert(outcome.message().id);
     }
     assert_eq!((new, winners.len()), (1, 1));
-    let history = store.history(chat.id, None, 100).await.expect("history");
+    let history = store.history(chat, None, 100).await.expect("history");
     assert_eq!(history.len(), 2, "{history:?}");
+}
+
+async fn groups_keep_their_member_limit_under_concurrent_adds(store: Store) {
+    let (owner, first) = (new_id(), new_id());
+    let ids = Arc::new(TimeUuidGenerator::new());
+    let chat = group(&store, &ids, owner, &[first]).await;
+    let stored = store.chat(chat).await.expect("chat").expect("stored");
+    assert_eq!(
+        (stored.kind, stored.title.as_deref(), stored.member_count),
+        (ChatKind::Group, Some("team"), 2)
+    );
+    let members = store.members(chat).await.expect("members");
+    assert_eq!(
+        members.iter().map(|m| (m.id, m.role)).collect::<Vec<_>>(),
+        [(owner, Role::Owner), (first, Role::Member)]
+    );
+
+    const LIMIT: usize = 10;
+    let candidates: Vec<UserId> = (0..20).map(|_| new_id()).collect();
+    let tasks: Vec<_> = candidates
+        .iter()
+        .map(|&user| {
+            let (store, ids) = (store.clone(), ids.clone());
+            tokio::spawn(async move {
+                let e = event(&ids, chat, ChatEventType::MemberAdded, owner, Some(user));
+                store.add_member(member(user), e, LIMIT).await
+            })
+        })
+        .collect();
+    let mut added = 0;
+    let mut full = 0;
+    for t in tasks {
+        match t.await.expect("join").expect("add") {
+            Added::Added(members) => {
+                added += 1;
+                assert!(members.len() <= LIMIT, "{members:?}");
+            }
+            Added::Full => full += 1,
+            Added::Already => panic!("nobody was added twice"),
+        }
+    }
+    assert_eq!((added, full), (LIMIT - 2, 20 - (LIMIT - 2)));
+    assert_eq!(store.members(chat).await.expect("members").len(), LIMIT);
+    assert_eq!(
+        store
+            .chat(chat)
+            .await
+            .expect("chat")
+            .expect("stored")
+            .member_count,
+        LIMIT
+    );
+    let e = event(&ids, chat, ChatEventType::MemberAdded, owner, Some(first));
+    assert_eq!(
+        store.add_member(member(first), e, 100).await.expect("add"),
+        Added::Already
+    );
+    // Every add is on the timeline, after chat_created.
+    let history = store.history(chat, None, 100).await.expect("history");
+    let added_events = history
+        .iter()
+        .filter(|i| matches!(i, Item::Event(e) if e.kind == ChatEventType::MemberAdded))
+        .count();
+    assert_eq!(added_events, LIMIT - 2);
+    match history.last() {
+        Some(Item::Event(created)) => {
+            assert_eq!(created.kind, ChatEventType::ChatCreated);
+            assert_eq!(created.members, [owner, first]);
+            assert_eq!(created.title.as_deref(), Some("team"));
+        }
+        other => panic!("the oldest item is {other:?}"),
+    }
+}
+
+async fn roles_and_the_owner_leaving(store: Store) {
+    let (owner, admin, plain, stranger) = (new_id(), new_id(), new_id(), new_id());
+    let ids = TimeUuidGenerator::new();
+    let chat = group(&store, &ids, owner, &[plain, admin]).await;
+    assert!(store
+        .set_role(chat, admin, Role::Admin)
+        .await
+        .expect("role"));
+    assert!(!store
+        .set_role(chat, stranger, Role::Admin)
+        .await
+        .expect("role"));
+    let role_of = |user| {
+        let store = store.clone();
+        async move {
+            store
+                .membership(chat, user)
+                .await
+                .expect("membership")
+                .map(|(_, m)| m.role)
+        }
+    };
+    assert_eq!(role_of(admin).await, Some(Role::Admin));
+    // The owner leaves: the admin (not the longer-standing member) inherits.
+    let leave = event(&ids, chat, ChatEventType::MemberRemoved, owner, Some(owner));
+    match store.remove_member(leave).await.expect("leave") {
+        Changed::Done(members) => assert_eq!(members.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(role_of(owner).await, None);
+    assert_eq!(role_of(admin).await, Some(Role::Owner));
+    assert!(store.chats_of(owner).await.expect("list").is_empty());
+    // Handing over: the new owner, the old one an admin.
+    assert!(store
+        .set_role(chat, plain, Role::Owner)
+        .await
+        .expect("hand over"));
+    assert_eq!(
+        (role_of(plain).await, role_of(admin).await),
+        (Some(Role::Owner), Some(Role::Admin))
+    );
+    let gone = event(
+        &ids,
+        chat,
+        ChatEventType::MemberRemoved,
+        plain,
+        Some(stranger),
+    );
+    assert_eq!(
+        store.remove_member(gone).await.expect("remove"),
+        Changed::NotMember
+    );
+    assert_eq!(
+        store
+            .chat(chat)
+            .await
+            .expect("chat")
+            .expect("stored")
+            .member_count,
+        2
+    );
+    let renamed = event(&ids, chat, ChatEventType::ChatRenamed, stranger, None);
+    assert_eq!(
+        store.rename(renamed).await.expect("rename"),
+        Changed::NotMember
+    );
+}
+
+async fn removed_members_are_refused_even_while_sending(store: Store) {
+    let (owner, leaver) = (new_id(), new_id());
+    let ids = Arc::new(TimeUuidGenerator::new());
+    let chat = group(&store, &ids, owner, &[leaver]).await;
+    let sends: Vec<_> = (0..100)
+        .map(|_| {
+            let (store, ids) = (store.clone(), ids.clone());
+            tokio::spawn(
+                async move { insert(&store, &message(chat, ids.next(), leaver, None)).await },
+            )
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let removal = event(
+        &ids,
+        chat,
+        ChatEventType::MemberRemoved,
+        owner,
+        Some(leaver),
+    );
+    assert!(
+        matches!(store.remove_member(removal).await.expect("remove"), Changed::Done(m) if m == [owner])
+    );
+    let mut stored = 0;
+    for s in sends {
+        match s.await.expect("join") {
+            Ok(Inserted::New(_)) => stored += 1,
+            Err(StoreError::NotMember) => {}
+            other => panic!("a send ended {other:?}"),
+        }
+    }
+    // Refused from the moment of removal, and nothing half-written.
+    assert!(matches!(
+        insert(&store, &message(chat, ids.next(), leaver, None)).await,
+        Err(StoreError::NotMember)
+    ));
+    let history = store.history(chat, None, 1000).await.expect("history");
+    let theirs = history
+        .iter()
+        .filter(|i| i.message().is_some_and(|m| m.sender_id == leaver))
+        .count();
+    assert_eq!(theirs, stored);
+    assert_eq!(
+        store.membership(chat, leaver).await.expect("membership"),
+        None
+    );
+    assert_eq!(
+        store.chat_summary(leaver, chat).await.expect("summary"),
+        None
+    );
+    assert!(store.chats_of(leaver).await.expect("list").is_empty());
+    assert_eq!(
+        store
+            .mark_read(chat, leaver, history[1].id())
+            .await
+            .expect("read"),
+        ReadMark::NotMember
+    );
+}
+
+async fn read_horizons_never_move_back_and_unread_counts_are_exact(store: Store) {
+    let (a, b, c) = (new_id(), new_id(), new_id());
+    let ids = TimeUuidGenerator::new();
+    let chat = group(&store, &ids, a, &[b, c]).await;
+    let mut from_b = Vec::new();
+    for _ in 0..5 {
+        from_b.push(say(&store, &ids, chat, b).await.id);
+    }
+    for _ in 0..3 {
+        say(&store, &ids, chat, c).await;
+    }
+    assert_eq!(
+        (
+            unread(&store, a, chat).await,
+            unread(&store, b, chat).await,
+            unread(&store, c, chat).await
+        ),
+        (8, 3, 0)
+    );
+    assert_eq!(
+        store.mark_read(chat, a, from_b[4]).await.expect("read"),
+        ReadMark::Moved
+    );
+    assert_eq!(unread(&store, a, chat).await, 3);
+    assert_eq!(
+        store.mark_read(chat, a, from_b[2]).await.expect("read"),
+        ReadMark::Unchanged
+    );
+    assert_eq!(
+        store.mark_read(chat, a, from_b[4]).await.expect("read"),
+        ReadMark::Unchanged
+    );
+    let summary = store
+        .chat_summary(a, chat)
+        .await
+        .expect("summary")
+        .expect("a's");
+    assert_eq!((summary.unread, summary.last_read_id), (3, Some(from_b[4])));
+    let created = store.catch_up(chat, ids.next(), 1).await.expect("catch up");
+    assert!(created.is_empty());
+    let oldest = store.history(chat, None, 100).await.expect("history");
+    let chat_created = oldest.last().map(Item::id).expect("chat_created");
+    assert_eq!(
+        store.mark_read(chat, a, chat_created).await.expect("read"),
+        ReadMark::NotAMessage
+    );
+    assert_eq!(
+        store.mark_read(chat, a, ids.next()).await.expect("read"),
+        ReadMark::NotAMessage
+    );
+    assert_eq!(
+        store
+            .mark_read(chat, new_id(), from_b[4])
+            .await
+            .expect("read"),
+        ReadMark::NotMember
+    );
+    // Sending reads everything before: the sender's horizon is their message.
+    let mine = say(&store, &ids, chat, a).await;
+    assert_eq!(
+        (unread(&store, a, chat).await, unread(&store, b, chat).await),
+        (0, 4)
+    );
+    let receipts: Vec<(UserId, Option<TimeUuid>)> = store
+        .members(chat)
+        .await
+        .expect("members")
+        .iter()
+        .map(|m| (m.id, m.last_read_id))
+        .collect();
+    assert_eq!(receipts[0], (a, Some(mine.id)));
+    assert_eq!(
+        receipts.iter().find(|(id, _)| *id == b).map(|r| r.1),
+        Some(Some(from_b[4]))
+    );
+    // Someone who joins later has nothing unread from before.
+    let d = new_id();
+    let add = event(&ids, chat, ChatEventType::MemberAdded, a, Some(d));
+    assert!(matches!(
+        store.add_member(member(d), add, 100).await.expect("add"),
+        Added::Added(_)
+    ));
+    assert_eq!(unread(&store, d, chat).await, 0);
+    say(&store, &ids, chat, b).await;
+    assert_eq!(unread(&store, d, chat).await, 1);
+    // Counts stop at 1000.
+    for _ in 0..1005 {
+        say(&store, &ids, chat, c).await;
+    }
+    assert_eq!(unread(&store, d, chat).await, 1000);
+    let listed = store.chats_of(d).await.expect("list");
+    assert_eq!(listed[0].unread, 1000);
+}
+
+async fn replies_must_name_a_message_of_the_chat(store: Store) {
+    let (a, b) = (new_id(), new_id());
+    let ids = TimeUuidGenerator::new();
+    let chat = group(&store, &ids, a, &[b]).await;
+    let elsewhere = direct(&store, &ids, a, b, 0).await;
+    let target = say(&store, &ids, chat, b).await;
+    let foreign = say(&store, &ids, elsewhere, b).await;
+    let mut reply = message(chat, ids.next(), a, None);
+    reply.reply_to = Some(target.id);
+    assert_eq!(
+        insert(&store, &reply).await.expect("reply"),
+        Inserted::New(reply.clone())
+    );
+    let newest = store.history(chat, None, 1).await.expect("history");
+    assert_eq!(
+        newest[0].message().and_then(|m| m.reply_to),
+        Some(target.id)
+    );
+    let chat_created = store
+        .history(chat, None, 100)
+        .await
+        .expect("history")
+        .last()
+        .map(Item::id)
+        .expect("created");
+    for bad in [foreign.id, chat_created, ids.next()] {
+        let mut reply = message(chat, ids.next(), a, None);
+        reply.reply_to = Some(bad);
+        assert!(
+            matches!(insert(&store, &reply).await, Err(StoreError::NoSuchReply)),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        store.history(chat, None, 100).await.expect("history").len(),
+        3
+    );
 }
