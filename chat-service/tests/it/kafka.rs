@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use chat_events::{MessageCreated, UserId};
+use chat_events::{ChatEvent, ChatEventType, Event, MessageCreated, UserId};
 use chat_service::config::LogKind;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message as _};
@@ -29,7 +29,7 @@ fn kafka_mode(broker: &Broker) -> impl FnOnce(&mut chat_service::Config) + '_ {
 
 /// Every record on the topic (key, decoded event), read from the start
 /// until `want` records arrived and then one quiet second more.
-fn read_topic(brokers: &str, want: usize) -> Vec<(String, MessageCreated)> {
+fn read_topic(brokers: &str, want: usize) -> Vec<(String, Event)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", Uuid::new_v4()))
@@ -45,8 +45,7 @@ fn read_topic(brokers: &str, want: usize) -> Vec<(String, MessageCreated)> {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(record)) => {
                 let key = String::from_utf8(record.key().expect("key").to_vec()).expect("utf8 key");
-                let event =
-                    MessageCreated::decode(record.payload().expect("payload")).expect("decodes");
+                let event = Event::decode(record.payload().expect("payload")).expect("decodes");
                 out.push((key, event));
             }
             Some(Err(e)) => eprintln!("consumer: {e}"),
@@ -90,7 +89,29 @@ async fn the_topic_holds_exactly_the_acknowledged_messages() {
     acked.extend(acked_ids(&s, ac, &carol, 10).await);
     acked.extend(acked_ids(&s, ab, &bob, 5).await);
 
-    let records = read_topic(&broker.brokers(), acked.len());
+    let all = read_topic(&broker.brokers(), acked.len() + 2);
+    // Each POST /chats put the chat's chat.created on the log, keyed by it.
+    let created: Vec<(&String, &ChatEvent)> = all
+        .iter()
+        .filter_map(|(key, e)| match e {
+            Event::Chat(c) => Some((key, c)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 2, "{created:?}");
+    for (key, c) in created {
+        assert_eq!(c.kind, ChatEventType::ChatCreated);
+        assert_eq!(key, &c.chat_id.to_string());
+        assert_eq!(c.members.len(), 2);
+        assert!(c.members.contains(&UserId::from(alice.id)));
+    }
+    let records: Vec<(String, MessageCreated)> = all
+        .into_iter()
+        .filter_map(|(key, e)| match e {
+            Event::Message(m) => Some((key, m)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(
         records.len(),
         acked.len(),
@@ -188,7 +209,13 @@ async fn with_the_broker_down_sends_fail_and_a_retry_completes_them() {
     let after = acked_ids(&s, chat, &bob, 2).await;
 
     let records = read_topic(&broker.brokers(), 3);
-    let ids: Vec<String> = records.iter().map(|(_, e)| e.id.to_string()).collect();
+    let ids: Vec<String> = records
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Message(m) => Some(m.id.to_string()),
+            _ => None,
+        })
+        .collect();
     let mut expected = vec![retried["id"].as_str().expect("id").to_owned()];
     expected.extend(after);
     assert_eq!(ids, expected, "the retried message was re-published once");
