@@ -436,22 +436,7 @@ async fn messages_survive_a_restart() {
     let id = s.chat_between(&alice, &bob).await;
     s.sent(id, &alice, "before restart").await;
     let before = s.history(id, &bob, "").await;
-    let crate::helpers::Stack {
-        auth,
-        chat,
-        client,
-        data_dir,
-        config,
-    } = s;
-    chat.stop().await;
-    let chat = crate::helpers::start_chat(config.clone()).await;
-    let s = crate::helpers::Stack {
-        auth,
-        chat,
-        client,
-        data_dir,
-        config,
-    };
+    let s = s.restart().await;
     assert_eq!(s.history(id, &bob, "").await, before);
 }
 

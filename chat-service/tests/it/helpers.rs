@@ -82,11 +82,46 @@ impl Stack {
     }
 
     pub async fn post(&self, path: &str, user: Option<&User>, body: &Value) -> Response {
-        let mut req = self.client.post(self.chat_url(path)).json(body);
+        self.call(reqwest::Method::POST, path, user, Some(body))
+            .await
+    }
+
+    /// Any request, with a JSON body when given.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: Option<&User>,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.chat_url(path));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Some(u) = user {
             req = req.bearer_auth(&u.token);
         }
         req.send().await.expect("request")
+    }
+
+    /// Stops chat-service and starts it again on the same data.
+    pub async fn restart(self) -> Stack {
+        let Stack {
+            auth,
+            chat,
+            client,
+            data_dir,
+            config,
+        } = self;
+        chat.stop().await;
+        let chat = start_chat(config.clone()).await;
+        Stack {
+            auth,
+            chat,
+            client,
+            data_dir,
+            config,
+        }
     }
 
     /// Starts the chat between `a` and `b`; returns its id.

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod api;
+mod groups;
 mod kafka;
 mod paging;
 mod store_suite;
