@@ -344,6 +344,10 @@ struct ChatState {
     pending: Vec<Position>,
     /// The summary must move to a newer batch.
     summary_due: bool,
+    /// The members changed: everything pending is written at once, whatever
+    /// the spacing, so the chat document (which Firestore's rules read)
+    /// stops listing a removed member without delay.
+    members_changed: bool,
     last_write: Option<Instant>,
     last_summary: Option<Instant>,
 }
@@ -449,6 +453,12 @@ impl Batcher {
         }
         state.pending.push(position);
         state.summary_due = true;
+        state.members_changed |= message.event.as_ref().is_some_and(|e| {
+            matches!(
+                e.kind,
+                ChatEventType::MemberAdded | ChatEventType::MemberRemoved
+            )
+        });
         let batch = Batch {
             chat_id: incoming.chat_id,
             batch_id: id,
@@ -474,7 +484,9 @@ impl Batcher {
             .iter()
             .filter(|(_, s)| {
                 s.dirty()
-                    && ((s.is_new && s.closing.is_empty()) || spaced(s.last_write, now, interval))
+                    && ((s.is_new && s.closing.is_empty())
+                        || s.members_changed
+                        || spaced(s.last_write, now, interval))
             })
             .map(|(id, _)| *id)
             .collect()
@@ -504,6 +516,7 @@ impl Batcher {
         if !state.dirty() {
             return None;
         }
+        let everything = everything || std::mem::take(&mut state.members_changed);
         let batch = state.current.clone()?;
         if !state.closing.is_empty() && !everything && !spaced(state.last_write, now, interval) {
             // Final states of closed batches go in the same write as the
@@ -697,6 +710,81 @@ mod tests {
         assert_eq!(w.summary.as_ref().map(|s| s.last_batch_id), Some(m2.id));
         assert_eq!(w.documents(), 1, "the summary alone");
         assert!(b.take_write(chat.id, Instant::now()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeline_event_is_a_closed_batch_of_its_own_and_a_removal_is_written_at_once() {
+        let chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        let (a, x) = (chat.users[0], chat.users[1]);
+        let ids = TimeUuidGenerator::new();
+        let start = OffsetDateTime::now_utc();
+        let at = |ms: i64| start + time::Duration::milliseconds(ms);
+        let pos = |offset| Position {
+            partition: 0,
+            offset,
+        };
+        let event = |kind, ms, user: Option<UserId>, members: Vec<UserId>| ChatEvent {
+            v: 1,
+            kind,
+            id: ids.next().uuid(),
+            chat_id: ChatId::from_uuid(chat.id),
+            chat_kind: ChatKind::Group,
+            actor_id: a,
+            user_id: user,
+            title: (kind == ChatEventType::ChatCreated).then(|| "trip".to_owned()),
+            members,
+            at: at(ms),
+        };
+        let say = |ms| {
+            MessageCreated::new(
+                ids.next().uuid(),
+                ChatId::from_uuid(chat.id),
+                a,
+                None,
+                "hi".into(),
+                at(ms),
+            )
+        };
+
+        let created = event(ChatEventType::ChatCreated, 0, None, vec![a, x]);
+        assert_eq!(b.apply(&created, pos(1)), Applied::Started);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert!(w.batch.is_event() && w.batch.closed && w.batch.count() == 1);
+        assert_eq!(w.batch.members, [a.uuid(), x.uuid()]);
+        assert_eq!(w.batch.title.as_deref(), Some("trip"));
+        assert_eq!(w.batch.chat_kind, ChatKind::Group);
+
+        // A group message: no recipient; members and title carry over.
+        assert_eq!(b.apply(&say(10), pos(2)), Applied::Started);
+        b.take_write(chat.id, Instant::now()).expect("write");
+        assert_eq!(b.apply(&say(20), pos(3)), Applied::Appended);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let removed = event(ChatEventType::MemberRemoved, 30, Some(x), vec![a]);
+        assert_eq!(b.apply(&removed, pos(4)), Applied::Started);
+        // Within the interval, yet written now: the chat document must stop
+        // listing the removed member at once.
+        let w = b
+            .take_write(chat.id, Instant::now())
+            .expect("written at once");
+        let closing: Vec<(u64, usize, bool)> = w
+            .closing
+            .iter()
+            .map(|c| (c.seq, c.count(), c.closed))
+            .collect();
+        assert_eq!(closing, [(2, 2, true)]);
+        assert!(w.batch.is_event() && w.batch.seq == 3);
+        assert_eq!(
+            w.summary.as_ref().map(|s| s.members.clone()),
+            Some(vec![a.uuid()])
+        );
+        assert_eq!(w.covers, [pos(3), pos(4)]);
+        assert_eq!(b.apply(&say(40), pos(5)), Applied::Started);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        assert_eq!((w.batch.seq, w.batch.members.clone()), (4, vec![a.uuid()]));
+        assert_eq!(w.batch.title.as_deref(), Some("trip"));
+        // A replayed event changes nothing.
+        assert_eq!(b.apply(&removed, pos(4)), Applied::Duplicate);
     }
 
     #[tokio::test(start_paused = true)]

@@ -305,6 +305,24 @@ impl From<MessageCreated> for Event {
     }
 }
 
+impl From<&MessageCreated> for Event {
+    fn from(m: &MessageCreated) -> Self {
+        Event::Message(m.clone())
+    }
+}
+
+impl From<ChatEvent> for Event {
+    fn from(e: ChatEvent) -> Self {
+        Event::Chat(e)
+    }
+}
+
+impl From<&Event> for Event {
+    fn from(e: &Event) -> Self {
+        e.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aggregator::sink::firestore::FsBatch;
-use chat_events::{MessageCreated, TimeUuidGenerator};
+use chat_events::{ChatEvent, ChatEventType, ChatKind, Event, MessageCreated, TimeUuidGenerator};
 use firestore::FirestoreDb;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -94,8 +94,10 @@ pub fn producer(brokers: &str) -> FutureProducer {
 }
 
 /// Publishes one event the way chat-service does: key = chat id, JSON value.
-pub async fn publish(producer: &FutureProducer, event: &MessageCreated) {
-    let key = event.chat_id.to_string();
+/// Puts one event (a message, or any other) on the topic, keyed by its chat.
+pub async fn publish(producer: &FutureProducer, event: impl Into<Event>) {
+    let event: Event = event.into();
+    let key = event.chat_id().to_string();
     let payload = event.encode();
     producer
         .send(
@@ -106,10 +108,13 @@ pub async fn publish(producer: &FutureProducer, event: &MessageCreated) {
         .expect("delivered");
 }
 
-/// A chat between two fresh users that writes its own events.
+/// A chat between two fresh users (direct, or a group they are the first
+/// members of) that writes its own events.
 pub struct Conversation {
     pub chat_id: Uuid,
     pub users: [Uuid; 2],
+    /// A group's members; empty for a direct chat.
+    members: Vec<Uuid>,
     ids: TimeUuidGenerator,
     clock: OffsetDateTime,
 }
@@ -120,22 +125,55 @@ impl Conversation {
         Self {
             chat_id: chat_events::chat_id(users[0].into(), users[1].into()).uuid(),
             users,
+            members: Vec::new(),
             ids: TimeUuidGenerator::new(),
             clock: OffsetDateTime::now_utc(),
         }
     }
 
+    /// A group of two fresh users, and its `chat.created` event.
+    pub fn group() -> (Self, ChatEvent) {
+        let mut chat = Self::new();
+        chat.chat_id = Uuid::new_v4();
+        chat.members = chat.users.to_vec();
+        let created = chat.event(ChatEventType::ChatCreated, 0);
+        (chat, created)
+    }
+
     /// The next message from participant `who`, `after_ms` after the last.
     pub fn say(&mut self, who: usize, after_ms: i64, text: &str) -> MessageCreated {
         self.clock += time::Duration::milliseconds(after_ms);
+        let recipient = self.members.is_empty().then(|| self.users[1 - who].into());
         MessageCreated::new(
             self.ids.next().uuid(),
             self.chat_id.into(),
             self.users[who].into(),
-            Some(self.users[1 - who].into()),
+            recipient,
             text.into(),
             self.clock,
         )
+    }
+
+    /// A group's next timeline event by its first member, `after_ms` after
+    /// the last item: a new member joins (`MemberAdded`), the title changes
+    /// (`ChatRenamed`), or the group begins (`ChatCreated`).
+    pub fn event(&mut self, kind: ChatEventType, after_ms: i64) -> ChatEvent {
+        self.clock += time::Duration::milliseconds(after_ms);
+        let user = (kind == ChatEventType::MemberAdded).then(Uuid::new_v4);
+        self.members.extend(user);
+        let id = self.ids.next().uuid();
+        ChatEvent {
+            v: chat_events::event::VERSION,
+            kind,
+            id,
+            chat_id: self.chat_id.into(),
+            chat_kind: ChatKind::Group,
+            actor_id: self.users[0].into(),
+            user_id: user.map(Into::into),
+            title: (kind != ChatEventType::MemberAdded).then(|| format!("title {id}")),
+            members: self.members.iter().copied().map(Into::into).collect(),
+            at: self.clock,
+        }
     }
 }
 
@@ -286,12 +324,13 @@ pub fn log_order(brokers: &str) -> std::collections::HashMap<Uuid, Vec<Uuid>> {
                 .expect("a record before the high watermark")
                 .expect("record");
             next = record.offset() + 1;
-            let event =
-                MessageCreated::decode(record.payload().unwrap_or_default()).expect("an event");
-            order
-                .entry(event.chat_id.uuid())
-                .or_default()
-                .push(event.id);
+            let event = Event::decode(record.payload().unwrap_or_default()).expect("an event");
+            let id = match &event {
+                Event::Message(m) => m.id,
+                Event::Chat(e) => e.id,
+                Event::Read(_) => continue,
+            };
+            order.entry(event.chat_id().uuid()).or_default().push(id);
         }
     }
     order

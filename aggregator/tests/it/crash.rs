@@ -1,11 +1,13 @@
 //! Kill the aggregator with SIGKILL again and again while thousands of
-//! messages across many chats flow, restarting it each time as a supervisor
-//! would after its back-off; at the end every message is in exactly one
-//! batch document, in order.
+//! messages across many chats (direct chats and groups with timeline events)
+//! flow, restarting it each time as a supervisor would after its back-off;
+//! at the end every message and event is in exactly one batch document, in
+//! order, and every event is a batch of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use chat_events::{ChatEventType, Event};
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
@@ -15,6 +17,8 @@ use crate::common::{
 };
 
 const CHATS: usize = 24;
+/// Of the chats, how many are groups.
+const GROUPS: usize = 8;
 const MESSAGES: usize = 3000;
 const KILLS: usize = 5;
 
@@ -29,21 +33,53 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     let data = tempfile::tempdir().expect("tempdir");
     let db = firestore(&project).await;
 
-    // The whole history up front: per chat, runs of 1–8 messages per sender.
+    // The whole history up front: per chat, runs of 1–8 messages per sender;
+    // in groups, now and then a member joins or the title changes.
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut chats: Vec<Conversation> = (0..CHATS).map(|_| Conversation::new()).collect();
+    let mut events: Vec<Event> = Vec::with_capacity(MESSAGES + CHATS);
+    let mut chats: Vec<Conversation> = (0..CHATS)
+        .map(|c| {
+            if c < GROUPS {
+                let (chat, created) = Conversation::group();
+                events.push(created.into());
+                chat
+            } else {
+                Conversation::new()
+            }
+        })
+        .collect();
     let mut turn: Vec<(usize, usize)> = vec![(0, 0); CHATS]; // (sender, left in run)
-    let mut events = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
         let c = rng.gen_range(0..CHATS);
+        if c < GROUPS && rng.gen_bool(0.05) {
+            let kind = if rng.gen_bool(0.5) {
+                ChatEventType::MemberAdded
+            } else {
+                ChatEventType::ChatRenamed
+            };
+            events.push(chats[c].event(kind, rng.gen_range(1..400)).into());
+            continue;
+        }
         let (who, left) = &mut turn[c];
         if *left == 0 {
             *who = if rng.gen_bool(0.7) { 1 - *who } else { *who };
             *left = rng.gen_range(1..=8);
         }
         *left -= 1;
-        events.push(chats[c].say(*who, rng.gen_range(1..400), &format!("m{i}")));
+        events.push(
+            chats[c]
+                .say(*who, rng.gen_range(1..400), &format!("m{i}"))
+                .into(),
+        );
     }
+    let timeline_events = events
+        .iter()
+        .filter(|e| matches!(e, Event::Chat(_)))
+        .count();
+    eprintln!(
+        "{} messages and {timeline_events} group events",
+        events.len() - timeline_events
+    );
 
     let chat_ids: Vec<Uuid> = chats.iter().map(|c| c.chat_id).collect();
     let brokers = broker.brokers();
@@ -89,7 +125,12 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     // the last aggregator must get partitions by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     let expected: HashMap<Uuid, Vec<Uuid>> = events.iter().fold(HashMap::new(), |mut m, e| {
-        m.entry(e.chat_id.uuid()).or_default().push(e.id);
+        let id = match e {
+            Event::Message(m) => m.id,
+            Event::Chat(c) => c.id,
+            Event::Read(_) => return m,
+        };
+        m.entry(e.chat_id().uuid()).or_default().push(id);
         m
     });
     loop {
@@ -183,6 +224,12 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         for b in docs.values() {
             assert_eq!(b.id, b.messages[0].id, "batch id is its first message");
             assert_eq!(b.count as usize, b.messages.len());
+            if b.messages.iter().any(|m| m.kind != "message") {
+                assert!(
+                    b.count == 1 && b.closed,
+                    "chat {chat}: an event shares a batch"
+                );
+            }
         }
     }
 }

@@ -386,3 +386,104 @@ async fn a_stream_ticket_opens_one_stream_for_its_user() {
     let t = ticket(&eve).await;
     assert_eq!(open(&t).await.expect("stream").status(), 404);
 }
+
+/// A group over SSE: its timeline events arrive as batches of their own,
+/// replies carry `reply_to`, and a removed member's open stream ends before
+/// anything after the removal, with a 404 for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_streams_carry_events_and_end_for_a_removed_member() {
+    let s = Stack::start().await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let chat_base = format!("http://{}", s.chat.addr);
+    let r = s
+        .http
+        .post(format!("{chat_base}/chats"))
+        .bearer_auth(&alice.token)
+        .json(&json!({"title": "Trip", "member_ids": [bob.id]}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let chat = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let first = s.send(&chat, &bob, "hello").await;
+    let r = s
+        .http
+        .post(format!("{chat_base}/chat/{chat}/messages"))
+        .bearer_auth(&alice.token)
+        .json(&json!({"text": "hi bob", "reply_to": first["id"]}))
+        .send()
+        .await
+        .expect("reply");
+    assert_eq!(r.status(), 201);
+
+    let r = s.stream(&chat, &bob, None).await;
+    assert_eq!(r.status(), 200);
+    let mut reader = SseReader::new(r);
+    let seen = until(&mut reader, Duration::from_secs(10), |e| {
+        doc(e)["messages"][0]["text"] == "hi bob"
+    })
+    .await;
+    let docs: Vec<Value> = seen.iter().map(doc).collect();
+    let created = docs
+        .iter()
+        .find(|d| d["messages"][0]["type"] == "chat_created")
+        .expect("chat_created");
+    assert_eq!(
+        (created["count"].clone(), created["closed"].clone()),
+        (json!(1), json!(true))
+    );
+    assert_eq!(
+        (created["chat_kind"].clone(), created["title"].clone()),
+        (json!("group"), json!("Trip"))
+    );
+    assert_eq!(created["members"], json!([alice.id, bob.id]));
+    let reply = docs.last().expect("reply");
+    assert_eq!(reply["messages"][0]["reply_to"], first["id"]);
+
+    let r = s
+        .http
+        .delete(format!("{chat_base}/chat/{chat}/members/{}", bob.id))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(r.status(), 204);
+    s.send(&chat, &alice, "after bob left").await;
+    // Bob's stream ends; nothing from after the removal reached it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(e) = reader
+        .next(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        let d = doc(&e);
+        let texts: Vec<&Value> = d["messages"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|m| &m["text"])
+            .collect();
+        assert!(!texts.contains(&&json!("after bob left")), "{d}");
+        assert_ne!(d["messages"][0]["type"], "member_removed", "{d}");
+    }
+    assert!(
+        Instant::now() < deadline,
+        "the removed member's stream ended"
+    );
+    assert_eq!(s.stream(&chat, &bob, None).await.status(), 404);
+    // Alice sees the removal as its own batch.
+    let mut reader = SseReader::new(s.stream(&chat, &alice, None).await);
+    let seen = until(&mut reader, Duration::from_secs(10), |e| {
+        doc(e)["messages"][0]["text"] == "after bob left"
+    })
+    .await;
+    let removal = seen
+        .iter()
+        .map(doc)
+        .find(|d| d["messages"][0]["type"] == "member_removed")
+        .expect("member_removed");
+    assert_eq!(removal["messages"][0]["user_id"], json!(bob.id));
+    assert_eq!(removal["members"], json!([alice.id]));
+}
