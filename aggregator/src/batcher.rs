@@ -42,7 +42,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chat_events::{ChatEvent, ChatEventType, ChatKind, MessageCreated};
+use chat_events::{ChatEvent, ChatEventType, ChatKind, MessageCreated, ReadUpdated, TimeUuid};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -193,6 +193,7 @@ pub struct Batch {
     #[serde(default)]
     pub title: Option<String>,
     /// The chat's members when the batch started.
+    #[serde(alias = "participants")]
     pub members: Vec<Uuid>,
     /// The sender (or a timeline event's actor).
     pub sender_id: Uuid,
@@ -295,6 +296,9 @@ pub struct Summary {
     pub last_sender_id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
     pub last_activity: OffsetDateTime,
+    /// Each member's read horizon (the newest message they have read): read
+    /// receipts.
+    pub read: BTreeMap<Uuid, Uuid>,
 }
 
 /// What one sink write must store, atomically.
@@ -348,13 +352,21 @@ struct ChatState {
     /// the spacing, so the chat document (which Firestore's rules read)
     /// stops listing a removed member without delay.
     members_changed: bool,
+    /// Read horizons by member, as the chat summary holds them.
+    reads: BTreeMap<Uuid, Uuid>,
+    /// Log positions of horizon moves not written yet (they go with the
+    /// summary, at most once per `flush_interval`).
+    reads_pending: Vec<Position>,
     last_write: Option<Instant>,
     last_summary: Option<Instant>,
 }
 
 impl ChatState {
     fn dirty(&self) -> bool {
-        !self.pending.is_empty() || !self.closing.is_empty() || self.summary_due
+        !self.pending.is_empty()
+            || !self.closing.is_empty()
+            || self.summary_due
+            || !self.reads_pending.is_empty()
     }
 }
 
@@ -386,13 +398,52 @@ impl Batcher {
     /// Loads a chat's state from its newest stored batch (`None`: no batch
     /// yet), so appending continues in that document after a restart.
     pub fn restore(&mut self, chat: Uuid, newest: Option<Batch>) {
+        self.restore_with_reads(chat, newest, BTreeMap::new());
+    }
+
+    /// [`Batcher::restore`], with the read horizons the chat summary holds.
+    pub fn restore_with_reads(
+        &mut self,
+        chat: Uuid,
+        newest: Option<Batch>,
+        reads: BTreeMap<Uuid, Uuid>,
+    ) {
         self.chats.insert(
             chat,
             ChatState {
                 current: newest,
+                reads,
                 ..ChatState::default()
             },
         );
+    }
+
+    /// Applies a read horizon's move at `position` (the chat must be known):
+    /// the summary takes it at its next write. Horizons only move forward,
+    /// so a replay changes nothing. A chat without any batch has no summary
+    /// to carry it.
+    pub fn apply_read(&mut self, read: &ReadUpdated, position: Position) -> Applied {
+        let state = self.chats.entry(read.chat_id.uuid()).or_default();
+        if state.current.is_none() {
+            return Applied::Duplicate;
+        }
+        let newer = match state.reads.get(&read.user_id.uuid()) {
+            None => true,
+            Some(old) => match (
+                TimeUuid::from_uuid(*old),
+                TimeUuid::from_uuid(read.last_read_id),
+            ) {
+                (Ok(old), Ok(new)) => new.sort_key() > old.sort_key(),
+                _ => true,
+            },
+        };
+        if !newer {
+            return Applied::Duplicate;
+        }
+        state.reads.insert(read.user_id.uuid(), read.last_read_id);
+        state.reads_pending.push(position);
+        state.summary_due = true;
+        Applied::Appended
     }
 
     /// Forgets a chat (its state will be reloaded from the sink).
@@ -537,6 +588,7 @@ impl Batcher {
             last_batch_seq: batch.seq,
             last_sender_id: batch.sender_id,
             last_activity: batch.last().sent_at,
+            read: state.reads.clone(),
         });
         let batch_changed = !state.pending.is_empty();
         if !batch_changed && closing.is_empty() && summary.is_none() {
@@ -544,6 +596,7 @@ impl Batcher {
         }
         covers.append(&mut state.pending);
         if summary.is_some() {
+            covers.append(&mut state.reads_pending);
             state.summary_due = false;
             state.last_summary = Some(now);
         }
@@ -572,11 +625,12 @@ impl Batcher {
     /// source may commit only below the smallest of them.
     pub fn uncovered(&self) -> BTreeMap<i32, i64> {
         let mut low: BTreeMap<i32, i64> = BTreeMap::new();
-        for p in self
-            .chats
-            .values()
-            .flat_map(|s| s.pending.iter().chain(&s.closing_pending))
-        {
+        for p in self.chats.values().flat_map(|s| {
+            s.pending
+                .iter()
+                .chain(&s.closing_pending)
+                .chain(&s.reads_pending)
+        }) {
             low.entry(p.partition)
                 .and_modify(|o| *o = (*o).min(p.offset))
                 .or_insert(p.offset);
@@ -785,6 +839,75 @@ mod tests {
         assert_eq!(w.batch.title.as_deref(), Some("trip"));
         // A replayed event changes nothing.
         assert_eq!(b.apply(&removed, pos(4)), Applied::Duplicate);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_horizons_go_with_the_summary_forward_only_and_coalesced() {
+        let mut chat = Chat::new();
+        let mut b = batcher_for(&chat, limits());
+        let chat_id = chat.id;
+        let read = |user: UserId, message: Uuid| ReadUpdated {
+            v: 1,
+            kind: chat_events::event::READ_TYPE.into(),
+            chat_id: ChatId::from_uuid(chat_id),
+            user_id: user,
+            last_read_id: message,
+            at: OffsetDateTime::now_utc(),
+        };
+        let pos = |offset| Position {
+            partition: 0,
+            offset,
+        };
+        let (reader, other) = (chat.users[1], chat.users[0]);
+        // No batch yet: no summary to carry a horizon.
+        let (m0, _) = chat.msg(0, 0, "unseen");
+        assert_eq!(
+            b.apply_read(&read(reader, m0.id), pos(1)),
+            Applied::Duplicate
+        );
+        let (m1, p1) = chat.msg(0, 0, "hi");
+        b.apply(&m1, p1);
+        b.take_write(chat.id, Instant::now()).expect("write");
+        let (m2, p2) = chat.msg(0, 10, "again");
+        b.apply(&m2, p2);
+        assert_eq!(
+            b.apply_read(&read(reader, m2.id), pos(10)),
+            Applied::Appended
+        );
+        assert_eq!(
+            b.apply_read(&read(reader, m1.id), pos(11)),
+            Applied::Duplicate,
+            "never back"
+        );
+        let growth = b.take_write(chat.id, Instant::now()).expect("write");
+        assert!(
+            growth.summary.is_none(),
+            "the summary waits for the interval"
+        );
+        assert_eq!(
+            b.uncovered().get(&0),
+            Some(&10),
+            "the horizon is not written yet"
+        );
+        assert!(b.due(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.due(Instant::now()), vec![chat.id]);
+        let w = b.take_write(chat.id, Instant::now()).expect("write");
+        let summary = w.summary.expect("the summary carries the horizon");
+        assert_eq!(summary.read.get(&reader.uuid()), Some(&m2.id));
+        assert!(w.covers.contains(&pos(10)));
+        assert!(b.uncovered().is_empty());
+        // After a restart the stored horizons come back with the chat.
+        let mut again = Batcher::new(limits());
+        again.restore_with_reads(chat.id, Some(w.batch.clone()), summary.read.clone());
+        assert_eq!(
+            again.apply_read(&read(reader, m1.id), pos(12)),
+            Applied::Duplicate
+        );
+        assert_eq!(
+            again.apply_read(&read(other, m2.id), pos(13)),
+            Applied::Appended
+        );
     }
 
     #[tokio::test(start_paused = true)]

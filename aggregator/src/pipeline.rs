@@ -145,7 +145,14 @@ impl Pipeline {
                 metrics::counter!("aggregator_events_in_total").increment(1);
                 (Incoming::from(&e), position)
             }
-            Delivery::Event(Event::Chat(_) | Event::Read(_), _) => return Ok(()),
+            Delivery::Event(Event::Read(r), position) => {
+                metrics::counter!("aggregator_reads_in_total").increment(1);
+                let chat = r.chat_id.uuid();
+                self.know(chat).await?;
+                self.batcher.apply_read(&r, position);
+                return Ok(());
+            }
+            Delivery::Event(Event::Chat(_), _) => return Ok(()),
             Delivery::Undecodable(position, why) => {
                 metrics::counter!("aggregator_undecodable_total").increment(1);
                 tracing::warn!(
@@ -157,12 +164,7 @@ impl Pipeline {
             }
         };
         let chat = incoming.chat_id;
-        if !self.batcher.knows(chat) {
-            let newest = self
-                .retry(|sink| async move { sink.newest_batch(chat).await })
-                .await?;
-            self.batcher.restore(chat, newest);
-        }
+        self.know(chat).await?;
         match self.batcher.apply(incoming, position) {
             Applied::Duplicate => {
                 metrics::counter!("aggregator_duplicates_total").increment(1);
@@ -174,6 +176,20 @@ impl Pipeline {
                     urgent.push(chat);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Loads the chat's state from the sink unless it is loaded.
+    async fn know(&mut self, chat: uuid::Uuid) -> Result<(), PipelineError> {
+        if !self.batcher.knows(chat) {
+            let newest = self
+                .retry(|sink| async move { sink.newest_batch(chat).await })
+                .await?;
+            let reads = self
+                .retry(|sink| async move { sink.read_horizons(chat).await })
+                .await?;
+            self.batcher.restore_with_reads(chat, newest, reads);
         }
         Ok(())
     }

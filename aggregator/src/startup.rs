@@ -193,6 +193,10 @@ fn describe_metrics() {
         "Group timeline events read from the log (each a batch of its own)."
     );
     describe_counter!(
+        "aggregator_reads_in_total",
+        "Read horizon moves read from the log (receipts in the chat summary)."
+    );
+    describe_counter!(
         "aggregator_duplicates_total",
         "Events dropped as already applied (redelivered or re-published)."
     );

@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod groups;
 mod kafka;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,7 +53,7 @@ struct Cli {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
-    /// Figures 1-3 and 6: send, history, realtime, memory.
+    /// Figures 1-3 and 6-8: send, history, realtime, memory, groups.
     Http,
     /// Figure 4: aggregator in Kafka mode vs a plain consumer.
     Aggregator,
@@ -68,6 +69,10 @@ struct Plan {
     conversations: usize,
     aggregator_messages: usize,
     aggregator_chats: usize,
+    /// Members of the group sends go into (figure 7).
+    group_members: usize,
+    /// Chats in the long chat list (figure 8).
+    listed_chats: usize,
 }
 
 impl Plan {
@@ -81,6 +86,8 @@ impl Plan {
                 conversations: 2_000,
                 aggregator_messages: 200_000,
                 aggregator_chats: 1_000,
+                group_members: 100,
+                listed_chats: 1_000,
             },
             Mode::Smoke => Self {
                 phase: Duration::from_secs(1),
@@ -90,6 +97,8 @@ impl Plan {
                 conversations: 50,
                 aggregator_messages: 2_000,
                 aggregator_chats: 20,
+                group_members: 10,
+                listed_chats: 50,
             },
         }
     }
@@ -268,6 +277,26 @@ impl Api {
         })
     }
 
+    async fn user_owned(&self, name: String) -> anyhow::Result<User> {
+        self.user(&name).await
+    }
+
+    /// A new group of `owner` and `members`; its id.
+    async fn group(&self, owner: &User, title: &str, members: &[User]) -> anyhow::Result<String> {
+        let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        let chat: Value = self
+            .http
+            .post(format!("{}/chats", self.base))
+            .bearer_auth(&owner.token)
+            .json(&json!({"title": title, "member_ids": ids}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(chat["id"].as_str().context("group id")?.to_owned())
+    }
+
     async fn chat(&self, a: &User, b: &User) -> anyhow::Result<String> {
         let chat: Value = self
             .http
@@ -418,11 +447,12 @@ async fn run_http(plan: &Plan, bin: &Path, figures: &mut Vec<Figure>) -> anyhow:
     let rss_after_send = server.peak_rss_mib();
     let filled = history_phase(plan, &fixture, sent, figures).await?;
     realtime_phase(plan, &fixture, sent + filled, figures).await?;
+    groups::groups_phase(plan, &fixture, figures).await?;
 
     // 6. Memory.
     let peak = server.peak_rss_mib().unwrap_or(0.0);
     figures.push(figure(
-        "all-in-one peak RSS (runs 1-3)",
+        "all-in-one peak RSS (runs 1-3, 7, 8)",
         peak,
         "MiB",
         None,

@@ -278,6 +278,52 @@ const cases = {
   },
 
   // Registration errors name the field they are about.
+  // A group: made in the page, its events shown as lines, an unread badge
+  // for the others, replies with their quote, read receipts, and a member
+  // removed in the panel.
+  async "a group with replies, receipts and members"(size) {
+    const [a, b, c] = [await apiUser("gina"), await apiUser("hugo"), await apiUser("ines")];
+    const title = `Trip ${++unique}`;
+    const alice = await page(size);
+    await signIn(alice, a);
+    await alice.click("#new-group summary");
+    await alice.fill("#group-title", title);
+    await alice.fill("#group-members", `${b.name}, ${c.name}`);
+    await alice.click("#create-group");
+    await alice.waitForSelector("#composer:not([hidden])");
+    check((await alice.textContent("#title-text")) === title, "the group is open");
+    await alice.waitForSelector(`.event >> text="You created the group “${title}”"`);
+    await send(alice, "plans?");
+    await alice.waitForSelector('.msg.mine.stored >> text="plans?"');
+
+    const bob = await page(size);
+    await signIn(bob, b);
+    const badge = await bob.waitForSelector(`#chats .item:has-text("${title}") .badge`);
+    check((await badge.textContent()) === "1", `unread badge: ${await badge.textContent()}`);
+    await openListedChat(bob, title);
+    await bob.waitForSelector(`.event >> text="${a.name} created the group “${title}”"`);
+    // Bob has read it: Alice's message shows it (receipts come with the
+    // member list, refreshed every few seconds).
+    await alice.waitForSelector('.msg.mine .receipt >> text="Seen by 1"', { timeout: 15_000 });
+
+    await bob.click('.msg.stored >> text="plans?"');
+    await bob.waitForSelector("#replying:not([hidden])");
+    await send(bob, "beach");
+    const quoted = await alice.waitForSelector('.msg:not(.mine):has-text("beach") .quote');
+    check((await quoted.textContent()) === "plans?", `the reply quotes ${await quoted.textContent()}`);
+    const stored = (await apiCall(b, "GET", `/chat/${(await apiCall(b, "GET", "/chats")).body.chats[0].id}?quantity=5`)).body.messages;
+    check(stored[0].text === "beach" && stored[0].reply_to === stored[1].id, "the reply is stored with reply_to");
+
+    await alice.click("#members-toggle");
+    await alice.click(`#member-list .member[data-username="${c.name}"] button`);
+    await alice.waitForSelector(`.event >> text="You removed ${c.name}"`);
+    await bob.waitForSelector(`.event >> text="${a.name} removed ${c.name}"`);
+    const left = (await apiCall(c, "GET", "/chats")).body.chats;
+    check(left.length === 0, "the removed member no longer has the group");
+    await fitsTheScreen(bob, size);
+    return shot(bob, `group-${size}`);
+  },
+
   async "form errors are shown by field"(size) {
     const p = await page(size);
     await p.fill("#username", "x");

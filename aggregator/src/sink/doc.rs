@@ -18,7 +18,8 @@
 //!
 //! `chats/{chat_id}`: `chat_id`, `chat_kind`, `title`, `members` (who may
 //! read the chat now), `last_batch_id`, `last_batch_seq`, `last_sender_id`,
-//! `last_activity`.
+//! `last_activity`, `read` (member id → the newest message id they have
+//! read: read receipts, at most one write per flush interval).
 //!
 //! One type for each, [`BatchDoc`] and [`SummaryDoc`], whatever the sink;
 //! only how times are stored differs (`T`): Firestore timestamps
@@ -31,6 +32,7 @@
 //! the Firestore sink still reads those.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -137,6 +139,19 @@ pub struct SummaryDoc<T> {
     pub last_batch_seq: i64,
     pub last_sender_id: String,
     pub last_activity: T,
+    /// Member id → the newest message id they have read.
+    #[serde(default)]
+    pub read: BTreeMap<String, String>,
+}
+
+impl<T> SummaryDoc<T> {
+    /// The read horizons, by member (entries that are not ids are skipped).
+    pub fn read_horizons(&self) -> BTreeMap<Uuid, Uuid> {
+        self.read
+            .iter()
+            .filter_map(|(user, message)| Some((user.parse().ok()?, message.parse().ok()?)))
+            .collect()
+    }
 }
 
 impl<'a, T: From<OffsetDateTime>> BatchDoc<'a, T> {
@@ -288,6 +303,11 @@ impl<T: From<OffsetDateTime>> SummaryDoc<T> {
             last_batch_seq: summary.last_batch_seq as i64,
             last_sender_id: summary.last_sender_id.to_string(),
             last_activity: summary.last_activity.into(),
+            read: summary
+                .read
+                .iter()
+                .map(|(user, message)| (user.to_string(), message.to_string()))
+                .collect(),
         }
     }
 }

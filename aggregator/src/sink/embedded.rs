@@ -459,6 +459,26 @@ impl Sink for EmbeddedSink {
             .transpose()
     }
 
+    async fn read_horizons(
+        &self,
+        chat: Uuid,
+    ) -> Result<std::collections::BTreeMap<Uuid, Uuid>, SinkError> {
+        let doc: Option<String> = self
+            .feed
+            .read(move |c| {
+                c.prepare_cached("SELECT doc FROM summaries WHERE chat_id = ?1")?
+                    .query_row([chat], |r| r.get(0))
+                    .optional()
+            })
+            .await?;
+        Ok(doc
+            .map(|d| serde_json::from_str::<super::doc::SummaryDoc<super::doc::Rfc3339>>(&d))
+            .transpose()
+            .map_err(unavailable)?
+            .map(|s| s.read_horizons())
+            .unwrap_or_default())
+    }
+
     async fn write(&self, w: &Write) -> Result<usize, SinkError> {
         let batch = w.batch_changed.then_some(&w.batch);
         let prepared = Prepared {

@@ -89,6 +89,22 @@ impl Sink for FirestoreSink {
             .transpose()
     }
 
+    async fn read_horizons(
+        &self,
+        chat: Uuid,
+    ) -> Result<std::collections::BTreeMap<Uuid, Uuid>, SinkError> {
+        let summary: Option<FsSummary> = self
+            .db
+            .fluent()
+            .select()
+            .by_id_in(CHATS)
+            .obj()
+            .one(chat.to_string())
+            .await
+            .map_err(unavailable)?;
+        Ok(summary.map(|s| s.read_horizons()).unwrap_or_default())
+    }
+
     async fn write(&self, w: &Write) -> Result<usize, SinkError> {
         let ttl = self.ttl;
         let batches: Vec<FsBatch> = w

@@ -9,6 +9,8 @@ pub mod embedded;
 #[cfg(feature = "firestore")]
 pub mod firestore;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
@@ -28,6 +30,10 @@ pub enum SinkError {
 pub trait Sink: Send + Sync + 'static {
     /// The chat's newest batch, to continue it after a restart.
     async fn newest_batch(&self, chat: Uuid) -> Result<Option<Batch>, SinkError>;
+
+    /// The read horizons the chat's summary holds (member → message), so a
+    /// restart keeps every receipt it does not rewrite.
+    async fn read_horizons(&self, chat: Uuid) -> Result<BTreeMap<Uuid, Uuid>, SinkError>;
 
     /// Stores the write atomically, refusing to replace any stored batch
     /// with an older state of it. Returns the number of documents written

@@ -86,6 +86,7 @@ fn write(batch: &Batch, closing: Option<&Batch>, new: bool) -> Write {
             last_batch_seq: batch.seq,
             last_sender_id: batch.sender_id,
             last_activity: batch.last().sent_at,
+            read: [(batch.sender_id, batch.last().id)].into_iter().collect(),
         }),
         covers: vec![batch.last_position],
     }
@@ -95,12 +96,19 @@ async fn suite(sink: Arc<dyn Sink>) {
     let ids = TimeUuidGenerator::new();
     let chat = Uuid::new_v4();
     assert_eq!(sink.newest_batch(chat).await.expect("read"), None);
+    assert!(sink.read_horizons(chat).await.expect("read").is_empty());
 
     let first = batch(chat, 1, 2, false, &ids);
     assert_eq!(
         sink.write(&write(&first, None, true)).await.expect("write"),
         2,
         "batch + summary"
+    );
+    // The summary's read receipts come back for a restart.
+    let horizons = sink.read_horizons(chat).await.expect("read");
+    assert_eq!(
+        horizons.into_iter().collect::<Vec<_>>(),
+        [(first.sender_id, first.last().id)]
     );
     assert_eq!(
         sink.newest_batch(chat).await.expect("read"),
