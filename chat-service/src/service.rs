@@ -132,6 +132,21 @@ impl Timeline {
         }
     }
 
+    /// Puts a stored group event on the log with every member after it.
+    async fn announce(&self, event: &TimelineEvent, members: &[UserId]) -> Result<()> {
+        self.log
+            .publish(&event.log_event(ChatKind::Group, members.to_vec()))
+            .await?;
+        Ok(())
+    }
+
+    async fn announce_change(&self, event: &TimelineEvent, changed: &Changed) -> Result<()> {
+        match changed {
+            Changed::Done(members) => self.announce(event, members).await,
+            Changed::NotMember => Ok(()),
+        }
+    }
+
     async fn add_member(
         &self,
         chat: ChatId,
@@ -149,9 +164,7 @@ impl Timeline {
         );
         let added = self.store.add_member(member, event.clone(), limit).await?;
         if let Added::Added(members) = &added {
-            self.log
-                .publish(&event.log_event(ChatKind::Group, members.clone()))
-                .await?;
+            self.announce(&event, members).await?;
         }
         Ok(added)
     }
@@ -160,11 +173,7 @@ impl Timeline {
         let _turn = self.turn(chat).await;
         let event = self.event(chat, ChatEventType::MemberRemoved, actor, Some(user), None);
         let changed = self.store.remove_member(event.clone()).await?;
-        if let Changed::Done(members) = &changed {
-            self.log
-                .publish(&event.log_event(ChatKind::Group, members.clone()))
-                .await?;
-        }
+        self.announce_change(&event, &changed).await?;
         Ok(changed)
     }
 
@@ -172,11 +181,7 @@ impl Timeline {
         let _turn = self.turn(chat).await;
         let event = self.event(chat, ChatEventType::ChatRenamed, actor, None, Some(title));
         let changed = self.store.rename(event.clone()).await?;
-        if let Changed::Done(members) = &changed {
-            self.log
-                .publish(&event.log_event(ChatKind::Group, members.clone()))
-                .await?;
-        }
+        self.announce_change(&event, &changed).await?;
         Ok(changed)
     }
 }

@@ -144,19 +144,30 @@ pub fn table_ddl(keyspace: &str) -> Vec<String> {
 /// `system_schema.scylla_keyspaces` table has an `initial_tablets` column.
 /// Cassandra has no such table, and the query returns nothing there.
 async fn server_has_tablets(session: &Session) -> anyhow::Result<bool> {
+    has_column(session, "system_schema", "scylla_keyspaces", "initial_tablets").await
+}
+
+/// Whether `keyspace.table` exists with a column `column`.
+async fn has_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> anyhow::Result<bool> {
+    let what = || format!("reading the columns of {keyspace}.{table}");
     let rows = session
         .query_unpaged(
-            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = 'system_schema' \
-             AND table_name = 'scylla_keyspaces'",
-            &[],
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? \
+             AND table_name = ?",
+            (keyspace, table),
         )
         .await
-        .context("reading the server's schema tables")?
+        .with_context(what)?
         .into_rows_result()
-        .context("reading the server's schema tables")?;
+        .with_context(what)?;
     let mut found = false;
-    for row in rows.rows::<(String,)>().context("schema rows")? {
-        found |= row.context("schema row")?.0 == "initial_tablets";
+    for row in rows.rows::<(String,)>().with_context(what)? {
+        found |= row.with_context(what)?.0 == column;
     }
     Ok(found)
 }
@@ -1058,20 +1069,7 @@ impl CqlStore {
 /// Fails when `keyspace` holds the tables of a build before groups (schema
 /// 1: `chats` without `kind`): their rows are not read by this build.
 async fn refuse_schema_1(session: &Session, keyspace: &str) -> anyhow::Result<()> {
-    let rows = session
-        .query_unpaged(
-            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? \
-             AND table_name = 'chats'",
-            (keyspace,),
-        )
-        .await
-        .context("reading the chats table's columns")?
-        .into_rows_result()
-        .context("reading the chats table's columns")?;
-    let mut has_kind = false;
-    for row in rows.rows::<(String,)>().context("column rows")? {
-        has_kind |= row.context("column row")?.0 == "kind";
-    }
+    let has_kind = has_column(session, keyspace, "chats", "kind").await?;
     anyhow::ensure!(
         has_kind,
         "keyspace {keyspace} was created by a build without group chats (its chats table has no \

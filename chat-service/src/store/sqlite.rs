@@ -117,6 +117,24 @@ impl SqliteStore {
         Ok(self.read.read(query).await?)
     }
 
+    /// A page of a timeline: `query` is [`OLDER_PAGE`] or [`NEWER_PAGE`].
+    async fn page(
+        &self,
+        query: &'static str,
+        chat: ChatId,
+        ts: i64,
+        id: Uuid,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.read(move |c| {
+            let mut query = c.prepare_cached(query)?;
+            let rows =
+                query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// [`SqliteStore::read`] for a scan: always on a blocking thread.
     async fn scan<T, F>(&self, query: F) -> Result<T, StoreError>
     where
@@ -222,6 +240,16 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<ChatSummary> {
 
 const ITEM_COLUMNS: &str =
     "chat_id, id, type, sender_id, text, client_message_id, reply_to, user_id, members";
+
+/// History: items strictly older than `(ts, id)`, newest first.
+const OLDER_PAGE: &str = "SELECT chat_id, id, type, sender_id, text, client_message_id, reply_to, \
+     user_id, members FROM timeline WHERE chat_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3)) \
+     ORDER BY ts DESC, id DESC LIMIT ?4";
+
+/// Catch-up: items strictly newer than `(ts, id)`, oldest first.
+const NEWER_PAGE: &str = "SELECT chat_id, id, type, sender_id, text, client_message_id, reply_to, \
+     user_id, members FROM timeline WHERE chat_id = ?1 AND (ts > ?2 OR (ts = ?2 AND id > ?3)) \
+     ORDER BY ts, id LIMIT ?4";
 
 fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
     let id = time_uuid(row, 1)?;
@@ -690,17 +718,7 @@ impl MessageStore for SqliteStore {
             Some(t) => (t.ticks() as i64, t.uuid()),
             None => (i64::MAX, Uuid::max()),
         };
-        self.read(move |c| {
-            let mut query = c.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM timeline \
-                 WHERE chat_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3)) \
-                 ORDER BY ts DESC, id DESC LIMIT ?4"
-            ))?;
-            let rows =
-                query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
-            rows.collect()
-        })
-        .await
+        self.page(OLDER_PAGE, chat, ts, id, limit).await
     }
 
     async fn catch_up(
@@ -709,18 +727,8 @@ impl MessageStore for SqliteStore {
         after: TimeUuid,
         limit: usize,
     ) -> Result<Vec<Item>, StoreError> {
-        let (ts, id) = (after.ticks() as i64, after.uuid());
-        self.read(move |c| {
-            let mut query = c.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM timeline \
-                 WHERE chat_id = ?1 AND (ts > ?2 OR (ts = ?2 AND id > ?3)) \
-                 ORDER BY ts, id LIMIT ?4"
-            ))?;
-            let rows =
-                query.query_map(params![chat.uuid(), ts, id, limit as i64], item_from_row)?;
-            rows.collect()
-        })
-        .await
+        self.page(NEWER_PAGE, chat, after.ticks() as i64, after.uuid(), limit)
+            .await
     }
 
     async fn add_member(
