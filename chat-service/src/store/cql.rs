@@ -144,7 +144,13 @@ pub fn table_ddl(keyspace: &str) -> Vec<String> {
 /// `system_schema.scylla_keyspaces` table has an `initial_tablets` column.
 /// Cassandra has no such table, and the query returns nothing there.
 async fn server_has_tablets(session: &Session) -> anyhow::Result<bool> {
-    has_column(session, "system_schema", "scylla_keyspaces", "initial_tablets").await
+    has_column(
+        session,
+        "system_schema",
+        "scylla_keyspaces",
+        "initial_tablets",
+    )
+    .await
 }
 
 /// Whether `keyspace.table` exists with a column `column`.
