@@ -79,9 +79,40 @@ async fn openapi_json() -> axum::Json<serde_json::Value> {
 }
 
 /// The web client: register or log in, chats, sending, live batches.
+/// Served with a Content-Security-Policy that lets only its own inline
+/// script run (by hash) and only this origin be called, never framed.
 #[utoipa::path(get, path = "/", responses((status = 200, description = "the web client's page", content_type = "text/html")))]
 async fn web_client() -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX))
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, content_security_policy()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(INDEX),
+    )
+}
+
+/// The page's policy: its one inline `<script>` allowed by its SHA-256,
+/// inline styles, requests to this origin only, no plugins, no framing.
+fn content_security_policy() -> &'static str {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        let script = INDEX
+            .split_once("<script>")
+            .and_then(|(_, rest)| rest.split_once("</script>"))
+            .map_or("", |(script, _)| script);
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+        format!(
+            "default-src 'self'; script-src 'sha256-{hash}'; style-src 'self' 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
+             form-action 'self'; frame-ancestors 'none'"
+        )
+    })
 }
 
 /// The all-in-one's own routes, beside the services'.

@@ -171,6 +171,12 @@ impl Verifier {
     /// Checks `token` and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if has_critical_extensions(token) {
+            // RFC 7515 §4.1.11: a recipient that does not understand an
+            // extension listed in `crit` must refuse the token; this one
+            // understands none.
+            return Err(TokenError::Invalid("unsupported critical header"));
+        }
         if header.alg != self.algorithm() {
             return Err(TokenError::Invalid("unexpected algorithm"));
         }
@@ -282,4 +288,17 @@ impl JwksCache {
         }
         Ok(keys)
     }
+}
+
+/// Whether the token's header has a `crit` member (whatever it lists).
+fn has_critical_extensions(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|h| h.get("crit").is_some())
 }

@@ -171,6 +171,43 @@ async fn alg_none_is_rejected() {
     assert_rejected(&hs_verifier(), &format!("{header}.{payload}.")).await;
 }
 
+/// RFC 7515 §4.1.11: a `crit` header names extensions the recipient must
+/// understand; this verifier understands none, so such a token is refused
+/// even with a valid signature.
+#[tokio::test]
+async fn a_critical_header_extension_is_refused() {
+    let header =
+        b64(&serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["exp-ext"], "exp-ext": 1}));
+    let payload = b64(&serde_json::to_value(claims()).expect("claims"));
+    let signing_input = format!("{header}.{payload}");
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .expect("sign");
+    let token = format!("{signing_input}.{signature}");
+    assert_eq!(
+        assert_rejected(&hs_verifier(), &token).await,
+        "invalid_token"
+    );
+    // The same token without `crit` is accepted: the signature is sound.
+    let header = b64(&serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+    let signing_input = format!("{header}.{payload}");
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .expect("sign");
+    let (status, _, body) = call(
+        &hs_verifier(),
+        Some(&format!("Bearer {signing_input}.{signature}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test]
 async fn hs_key_confusion_against_an_asymmetric_verifier_is_rejected() {
     // The classic attack: sign HS256 with the *public* key as the secret.

@@ -352,6 +352,12 @@ try {
       "--host-resolver-rules=MAP chat.test 127.0.0.1",
     ],
   });
+  // The page's security headers: the cases below run under this policy,
+  // so a script it did not allow would fail every one of them.
+  const pageHeaders = (await fetch(base)).headers;
+  const policy = pageHeaders.get("content-security-policy") || "";
+  check(/script-src 'sha256-[A-Za-z0-9+/=]+'/.test(policy) && policy.includes("frame-ancestors 'none'"), `CSP: ${policy}`);
+  check(pageHeaders.get("x-content-type-options") === "nosniff", "nosniff");
   for (const [name, run] of Object.entries(cases)) {
     for (const size of Object.keys(WIDTHS)) {
       try {

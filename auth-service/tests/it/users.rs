@@ -105,7 +105,10 @@ async fn bad_bodies_get_json_errors(backend: Backend) {
     );
     let huge = json!({"username": "carol", "password": "x".repeat(200_000)});
     let r = app.post("/users", &huge).await;
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        error_code(r, StatusCode::PAYLOAD_TOO_LARGE).await,
+        "body_too_large"
+    );
 }
 
 async fn duplicate_usernames_conflict_ignoring_case(backend: Backend) {

@@ -227,7 +227,11 @@ async fn bad_messages_are_refused_and_nothing_is_stored() {
     let r = s
         .post(&path, Some(&alice), &json!({"text": "x".repeat(100_000)}))
         .await;
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Refused by the body limit from its Content-Length, with a JSON body.
+    assert_eq!(
+        error_code(r, StatusCode::PAYLOAD_TOO_LARGE).await,
+        "body_too_large"
+    );
     let r = s
         .client
         .post(s.chat_url(&path))
