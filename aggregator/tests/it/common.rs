@@ -155,12 +155,20 @@ impl Conversation {
     }
 
     /// A group's next timeline event by its first member, `after_ms` after
-    /// the last item: a new member joins (`MemberAdded`), the title changes
-    /// (`ChatRenamed`), or the group begins (`ChatCreated`).
+    /// the last item: a new member joins (`MemberAdded`), the newest member
+    /// is removed (`MemberRemoved`), the title changes (`ChatRenamed`), or
+    /// the group begins (`ChatCreated`).
     pub fn event(&mut self, kind: ChatEventType, after_ms: i64) -> ChatEvent {
         self.clock += time::Duration::milliseconds(after_ms);
-        let user = (kind == ChatEventType::MemberAdded).then(Uuid::new_v4);
-        self.members.extend(user);
+        let user = match kind {
+            ChatEventType::MemberAdded => {
+                let user = Uuid::new_v4();
+                self.members.push(user);
+                Some(user)
+            }
+            ChatEventType::MemberRemoved => self.members.pop(),
+            _ => None,
+        };
         let id = self.ids.next().uuid();
         ChatEvent {
             v: chat_events::event::VERSION,
@@ -170,7 +178,11 @@ impl Conversation {
             chat_kind: ChatKind::Group,
             actor_id: self.users[0].into(),
             user_id: user.map(Into::into),
-            title: (kind != ChatEventType::MemberAdded).then(|| format!("title {id}")),
+            title: matches!(
+                kind,
+                ChatEventType::ChatCreated | ChatEventType::ChatRenamed
+            )
+            .then(|| format!("title {id}")),
             members: self.members.iter().copied().map(Into::into).collect(),
             at: self.clock,
         }
