@@ -514,14 +514,25 @@ fn add_member(
     insert_member(conn, chat, member, seq)?;
     conn.prepare_cached("UPDATE chats SET member_count = member_count + 1 WHERE id = ?1")?
         .execute([chat.uuid()])?;
+    let members = record_group_event(conn, outbox, event)?;
+    Ok(Added::Added(members))
+}
+
+/// Stores a group's timeline event and appends it to the outbox with every
+/// member after it; returns those members.
+fn record_group_event(
+    conn: &Connection,
+    outbox: bool,
+    event: &TimelineEvent,
+) -> Result<Vec<UserId>, StoreError> {
     insert_event(conn, event)?;
-    let members = member_ids(conn, chat)?;
+    let members = member_ids(conn, event.chat_id)?;
     append_log(
         conn,
         outbox,
         &event.log_event(ChatKind::Group, members.clone()),
     )?;
-    Ok(Added::Added(members))
+    Ok(members)
 }
 
 fn remove_member(
@@ -548,13 +559,7 @@ fn remove_member(
         )?
         .execute([chat.uuid()])?;
     }
-    insert_event(conn, event)?;
-    let members = member_ids(conn, chat)?;
-    append_log(
-        conn,
-        outbox,
-        &event.log_event(ChatKind::Group, members.clone()),
-    )?;
+    let members = record_group_event(conn, outbox, event)?;
     Ok(Changed::Done(members))
 }
 
@@ -565,13 +570,7 @@ fn rename(conn: &Connection, outbox: bool, event: &TimelineEvent) -> Result<Chan
     }
     conn.prepare_cached("UPDATE chats SET title = ?2 WHERE id = ?1 AND kind = 'group'")?
         .execute(params![chat.uuid(), event.title])?;
-    insert_event(conn, event)?;
-    let members = member_ids(conn, chat)?;
-    append_log(
-        conn,
-        outbox,
-        &event.log_event(ChatKind::Group, members.clone()),
-    )?;
+    let members = record_group_event(conn, outbox, event)?;
     Ok(Changed::Done(members))
 }
 
