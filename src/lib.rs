@@ -169,7 +169,7 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        embedded_db::private_dir(dir)?;
         // auth first: it creates the signing key the others check tokens with.
         let auth = auth_service::AppState::build(&auth_service::Config::embedded(dir)).await?;
         let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));

@@ -92,8 +92,7 @@ impl Db {
             }
             Some(_) => anyhow::bail!("the database URL must start with postgres:// or sqlite:"),
             None => {
-                std::fs::create_dir_all(data_dir)
-                    .with_context(|| format!("creating {}", data_dir.display()))?;
+                embedded_db::private_dir(data_dir)?;
                 let options = SqliteConnectOptions::new().filename(data_dir.join("auth.db"));
                 Self::sqlite(options, max_connections, acquire).await
             }

@@ -199,7 +199,7 @@ fn public_path_for(private: &Path) -> PathBuf {
 /// agree on one key.
 fn read_or_create(path: &Path, fresh: &[u8]) -> anyhow::Result<Vec<u8>> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        embedded_db::private_dir(dir)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

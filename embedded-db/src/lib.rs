@@ -9,6 +9,30 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+/// Creates the data directory `dir` (and its parents) readable by this
+/// user only (0700), or narrows an existing one to 0700 when others may
+/// read it: it holds password hashes, signing keys and every message. A
+/// directory this process may not change (a mounted volume owned by
+/// another user) is left as it is, with a warning.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "the data directory stays readable by others");
+        }
+    }
+    Ok(())
+}
+
 /// One schema change: `sql` brings a database from `version - 1` to
 /// `version` (versions count from 1, as the files `0001_….sql` do).
 #[derive(Debug, Clone, Copy)]
@@ -33,9 +57,17 @@ pub async fn migrate(path: &Path, migrations: &'static [Migration]) -> anyhow::R
 
 fn migrate_now(path: &Path, migrations: &[Migration]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        private_dir(dir)?;
     }
+    let new = !path.exists();
     let mut conn = rusqlite::Connection::open(path)?;
+    if new {
+        // Before WAL mode: SQLite gives the -wal and -shm files the
+        // database file's permissions.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("narrowing {}", path.display()))?;
+    }
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     anyhow::ensure!(
@@ -299,6 +331,43 @@ pub enum ReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// The data directory and the database files are this user's alone,
+    /// the WAL included; a directory others could read is narrowed.
+    #[tokio::test]
+    async fn data_files_are_private() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("data").join("nested");
+        let path = dir.join("x.db");
+        migrate(&path, MIGRATIONS).await.expect("migrate");
+        assert_eq!(mode(&dir), 0o700);
+        let writer = GroupWriter::spawn("x.db", &path, 8).expect("writer");
+        writer
+            .write(|c| -> Result<(), TestError> {
+                c.execute("INSERT INTO rows (n) VALUES (1)", [])?;
+                Ok(())
+            })
+            .await
+            .expect("write");
+        for file in ["x.db", "x.db-wal", "x.db-shm"] {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).expect("dir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&open).expect("private");
+        assert_eq!(mode(&open), 0o700);
+    }
 
     #[derive(Debug, thiserror::Error)]
     enum TestError {
