@@ -11,6 +11,13 @@ async fn json(r: reqwest::Response) -> Value {
     r.json().await.expect("json")
 }
 
+/// Registered users, one per name.
+async fn users<const N: usize>(s: &Stack, names: [&str; N]) -> [User; N] {
+    let made = futures::future::join_all(names.map(|n| s.user(n))).await;
+    made.try_into()
+        .unwrap_or_else(|_| unreachable!("one user per name"))
+}
+
 async fn create_group(s: &Stack, owner: &User, title: &str, members: &[&User]) -> Uuid {
     let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
     let r = s
@@ -108,10 +115,7 @@ async fn timeline(s: &Stack, chat: Uuid, user: &User) -> Vec<Value> {
 async fn groups_are_created_listed_and_renamed_by_their_managers() {
     let s = spawn_with(|c| c.limits.max_group_members = 4).await;
     let [alice, bob, carol, dave, erin] =
-        futures::future::join_all(["alice", "bob", "carol", "dave", "erin"].map(|n| s.user(n)))
-            .await
-            .try_into()
-            .expect("five");
+        users(&s, ["alice", "bob", "carol", "dave", "erin"]).await;
     // Duplicates and the caller are ignored.
     let r = s
         .post(
@@ -250,10 +254,7 @@ async fn groups_are_created_listed_and_renamed_by_their_managers() {
 async fn members_are_added_removed_and_leave_with_roles_enforced() {
     let s = spawn_with(|c| c.limits.max_group_members = 4).await;
     let [alice, bob, carol, dave, erin] =
-        futures::future::join_all(["alice", "bob", "carol", "dave", "erin"].map(|n| s.user(n)))
-            .await
-            .try_into()
-            .expect("five");
+        users(&s, ["alice", "bob", "carol", "dave", "erin"]).await;
     let chat = create_group(&s, &alice, "Team", &[&bob, &carol]).await;
     let first = s.sent(chat, &bob, "before anything").await;
 
@@ -533,11 +534,7 @@ async fn replies_and_catch_up_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_state_moves_forward_and_unread_counts_are_exact() {
     let s = spawn().await;
-    let [alice, bob, carol, dave] =
-        futures::future::join_all(["alice", "bob", "carol", "dave"].map(|n| s.user(n)))
-            .await
-            .try_into()
-            .expect("four");
+    let [alice, bob, carol, dave] = users(&s, ["alice", "bob", "carol", "dave"]).await;
     let chat = create_group(&s, &alice, "Reads", &[&bob, &carol]).await;
     let mut from_bob = Vec::new();
     for i in 0..3 {
