@@ -51,6 +51,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub cors: service_kit::cors::CorsConfig,
+
+    #[command(flatten)]
+    pub connections: service_kit::server::ConnectionLimits,
 }
 
 /// chat-service's user lookups, answered from auth-service's database.
@@ -164,6 +167,7 @@ pub struct App {
     pipeline: aggregator::pipeline::Pipeline,
     realtime: aggregator::sink::embedded::EmbeddedSink,
     data_dir: PathBuf,
+    connections: service_kit::server::ConnectionLimits,
 }
 
 impl App {
@@ -210,6 +214,7 @@ impl App {
             pipeline: parts.pipeline,
             realtime,
             data_dir: config.data_dir.clone(),
+            connections: config.connections.clone(),
         })
     }
 
@@ -231,7 +236,11 @@ impl App {
         let expiry = self
             .realtime
             .spawn_expiry(aggregator::startup::EXPIRY_EVERY);
-        let server = tokio::spawn(self.listener.serve(self.router, stop.clone().wait()));
+        let server = tokio::spawn(self.listener.serve(
+            self.router,
+            self.connections,
+            stop.clone().wait(),
+        ));
         let pipeline = self.pipeline.run(stop.wait()).await;
         signal.abort();
         expiry.abort();

@@ -107,6 +107,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub cors: service_kit::cors::CorsConfig,
+
+    #[command(flatten)]
+    pub connections: service_kit::server::ConnectionLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,6 +161,8 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed_and_limits_positive_by_type() {
         service_kit::config::assert_well_formed::<super::Config>(&[
+            "--max-connections",
+            "--header-read-timeout-ms",
             "--batch-max-count",
             "--flush-interval-ms",
             "--embedded-poll-ms",

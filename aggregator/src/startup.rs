@@ -31,6 +31,7 @@ pub struct App {
     router: Router,
     pipeline: Pipeline,
     embedded: Option<EmbeddedSink>,
+    connections: service_kit::server::ConnectionLimits,
 }
 
 /// The aggregator's parts, for embedding it in another process.
@@ -155,6 +156,7 @@ impl App {
             router,
             pipeline: parts.pipeline,
             embedded: parts.embedded,
+            connections: config.connections.clone(),
         })
     }
 
@@ -170,7 +172,11 @@ impl App {
     ) -> anyhow::Result<()> {
         let (stop, signal) = service_kit::shutdown::Shutdown::on(shutdown);
         let expiry = self.embedded.as_ref().map(|e| e.spawn_expiry(EXPIRY_EVERY));
-        let server = tokio::spawn(self.listener.serve(self.router, stop.clone().wait()));
+        let server = tokio::spawn(self.listener.serve(
+            self.router,
+            self.connections,
+            stop.clone().wait(),
+        ));
         let result = self.pipeline.run(stop.wait()).await;
         signal.abort();
         server.abort();

@@ -45,6 +45,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub cors: service_kit::cors::CorsConfig,
+
+    #[command(flatten)]
+    pub connections: service_kit::server::ConnectionLimits,
 }
 
 /// Signing algorithm of access tokens.
@@ -128,6 +131,8 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed_and_limits_positive_by_type() {
         service_kit::config::assert_well_formed::<super::Config>(&[
+            "--max-connections",
+            "--header-read-timeout-ms",
             "--database-max-connections",
             "--access-token-ttl-secs",
             "--refresh-token-ttl-secs",

@@ -70,6 +70,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub cors: service_kit::cors::CorsConfig,
+
+    #[command(flatten)]
+    pub connections: service_kit::server::ConnectionLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,6 +192,8 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed_and_limits_positive_by_type() {
         service_kit::config::assert_well_formed::<super::Config>(&[
+            "--max-connections",
+            "--header-read-timeout-ms",
             "--send-rate-per-sec",
             "--send-burst",
             "--kafka-partitions",

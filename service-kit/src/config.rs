@@ -53,7 +53,7 @@ pub fn assert_well_formed<T: CommandFactory>(positive: &[&str]) {
 
 /// The settings every service binary has, as fields of its configuration
 /// `$config`: `listen: SocketAddr`, `data_dir: PathBuf`, `log_format:
-/// LogFormat` and `cors: CorsConfig`. Implements
+/// LogFormat`, `cors: CorsConfig` and `connections: ConnectionLimits`. Implements
 /// [`ServiceConfig`](crate::server::ServiceConfig) from them, and gives
 /// `$config` `embedded(data_dir)`: every default (never the environment, see
 /// [`defaults`]), that data directory and a free loopback port, for tests
@@ -72,6 +72,10 @@ macro_rules! service_config {
 
             fn cors(&self) -> &$crate::cors::CorsConfig {
                 &self.cors
+            }
+
+            fn connections(&self) -> &$crate::server::ConnectionLimits {
+                &self.connections
             }
         }
 
