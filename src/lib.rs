@@ -45,6 +45,9 @@ pub struct Config {
     #[command(flatten)]
     pub limits: chat_service::config::ChatLimits,
 
+    #[command(flatten)]
+    pub streams: aggregator::config::StreamLimits,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -184,6 +187,7 @@ impl App {
         // show a growing batch sooner than Firestore's once a second.
         let mut aggregator_config = aggregator::Config::embedded(dir);
         aggregator_config.flush_interval_ms = EMBEDDED_FLUSH_INTERVAL_MS;
+        aggregator_config.streams = config.streams.clone();
         let parts =
             aggregator::Components::build(&aggregator_config, chat.outbox_wake.clone()).await?;
         let streams = parts

@@ -101,6 +101,9 @@ pub struct Config {
     #[command(flatten)]
     pub auth: VerifierConfig,
 
+    #[command(flatten)]
+    pub streams: StreamLimits,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -110,6 +113,32 @@ pub struct Config {
 
     #[command(flatten)]
     pub connections: service_kit::server::ConnectionLimits,
+}
+
+/// Bounds on the SSE streams the embedded realtime store serves.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamLimits {
+    /// Streams one user may have open at once in this process; past it,
+    /// `GET /chat/{id}/stream` answers 429 `too_many_streams`.
+    #[arg(long, env = "MAX_STREAMS_PER_USER", default_value = "32")]
+    pub max_streams_per_user: std::num::NonZeroU32,
+
+    /// Bytes of events one stream may hold for a client that has not read
+    /// them yet. When they are full, the stream waits up to
+    /// `--stream-stall-timeout-ms` for the client, then ends (the client
+    /// resumes with `Last-Event-ID`).
+    #[arg(long, env = "STREAM_QUEUE_BYTES", default_value = "1048576")]
+    pub stream_queue_bytes: std::num::NonZeroU32,
+
+    /// How long a stream waits for a client that does not read, milliseconds.
+    #[arg(long, env = "STREAM_STALL_TIMEOUT_MS", default_value = "10000")]
+    pub stream_stall_timeout_ms: NonZeroU64,
+}
+
+impl StreamLimits {
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_stall_timeout_ms.get())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -166,6 +195,9 @@ mod tests {
             "--batch-max-count",
             "--flush-interval-ms",
             "--embedded-poll-ms",
+            "--max-streams-per-user",
+            "--stream-queue-bytes",
+            "--stream-stall-timeout-ms",
         ]);
     }
 

@@ -11,14 +11,15 @@
 //! single-use ticket from `POST /events/ticket` and open the stream with
 //! `?ticket=…` (see [`auth_validator::tickets`]).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use auth_validator::tickets::Ticket;
 use auth_validator::{AuthUser, StreamUser, Tickets, Verifier};
 use axum::extract::{FromRef, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,12 +28,13 @@ use service_kit::error::{ErrorBody, ErrorDetail};
 use service_kit::openapi::Conventions;
 use service_kit::probes::Check;
 use service_kit::{ApiError, Path};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
+use crate::config::StreamLimits;
 use crate::sink::doc::{BatchDoc, Rfc3339};
-use crate::sink::embedded::{Change, ChangeKind, Feed};
+use crate::sink::embedded::{Change, ChangeKind, Feed, Resume};
 use crate::sink::Sink;
 use crate::source::SourceStatus;
 use chat_service::outbox::OutboxReader;
@@ -121,6 +123,9 @@ pub struct StreamState {
     pub verifier: Verifier,
     /// Single-use tickets for browsers' `EventSource`.
     pub tickets: Tickets,
+    pub limits: StreamLimits,
+    /// Who has how many streams open.
+    pub open: OpenStreams,
 }
 
 impl FromRef<StreamState> for Verifier {
@@ -173,10 +178,17 @@ fn event(kind: ChangeKind, version: i64, doc: &str) -> Event {
 /// `{id, chat_id, seq}`) when a batch expires. The data of `added` and
 /// `modified` is the batch document (`StreamBatch`). Each event's `id` is a
 /// change version: reconnect with `Last-Event-ID` for exactly the changes
-/// missed (or a fresh snapshot when they are no longer kept). A comment
-/// line keeps the connection alive every 15 s. Authenticate with
-/// `Authorization: Bearer …` or, from a browser, `?ticket=` from
-/// `POST /events/ticket`.
+/// missed. A `Last-Event-ID` this stream cannot resume from (older than the
+/// changes kept, or newer than any) gets a `reset` event (data
+/// `{"reason": "cursor_too_old" | "cursor_ahead"}`): drop what you hold,
+/// a fresh snapshot follows. A comment line keeps the connection alive
+/// every 15 s. The stream ends when the token (or the ticket's token)
+/// expires, after an `expired` event: reconnect with a fresh one. A client
+/// that leaves `--stream-queue-bytes` of events unread for
+/// `--stream-stall-timeout-ms` is disconnected and resumes with
+/// `Last-Event-ID`. At most `--max-streams-per-user` streams per user are
+/// open at once. Authenticate with `Authorization: Bearer …` or, from a
+/// browser, `?ticket=` from `POST /events/ticket`.
 #[utoipa::path(
     get,
     path = "/chat/{id}/stream",
@@ -187,9 +199,10 @@ fn event(kind: ChangeKind, version: i64, doc: &str) -> Event {
     ),
     security(("bearer" = []), ()),
     responses(
-        (status = 200, description = "`text/event-stream` of `added`, `modified` and `removed` events", content_type = "text/event-stream", body = StreamEventData),
+        (status = 200, description = "`text/event-stream` of `added`, `modified`, `removed`, `reset` and `expired` events", content_type = "text/event-stream", body = StreamEventData),
         (status = 401, description = "no valid token or ticket"),
         (status = 404, description = "no such chat, or not a member"),
+        (status = 429, description = "`too_many_streams`: the user has `--max-streams-per-user` streams open", body = ErrorBody),
         (status = 503, description = "the chat store is unavailable"),
     )
 )]
@@ -208,25 +221,45 @@ async fn stream(
     if !member {
         return Err(not_found());
     }
+    let open = state
+        .open
+        .open(caller.id, state.limits.max_streams_per_user.get())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!(
+                    "at most {} streams per user are open at once; close one first",
+                    state.limits.max_streams_per_user
+                ),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from(1))
+        })?;
+    // A cursor is a change version, never negative; anything else is no
+    // cursor at all.
     let resume: Option<i64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|v: &i64| *v >= 0);
     // Subscribe before reading, so nothing falls between the two.
     let live = state.feed.subscribe();
-    let (tx, rx) = mpsc::channel::<Event>(256);
-    let open = OpenStream::new();
+    let (queue, rx) = Queue::new(&state.limits);
     let reader = Reader {
         chats: state.chats.clone(),
         chat,
         user: caller.id,
+        expires: expiry(caller.claims.exp),
     };
     tokio::spawn(async move {
-        follow(state.feed.clone(), reader, resume, live, tx).await;
+        follow(state.feed.clone(), reader, resume, live, queue).await;
         drop(open);
     });
     let events = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+        // The event's room in the queue is freed as it leaves for the client.
+        rx.recv()
+            .await
+            .map(|(event, _room)| (Ok::<_, Infallible>(event), rx))
     });
     metrics::counter!("aggregator_streams_opened_total").increment(1);
     Ok(Sse::new(events)
@@ -234,11 +267,127 @@ async fn stream(
         .into_response())
 }
 
-/// Who follows which chat's stream.
+/// When a token with `exp` (Unix seconds) expires, as an instant.
+fn expiry(exp: i64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = u64::try_from(exp).unwrap_or(0).saturating_sub(now);
+    // Far enough for any real token, and never an overflow.
+    let left = Duration::from_secs(left.min(10 * 365 * 86_400));
+    tokio::time::Instant::now() + left
+}
+
+/// The streams each user has open in this process.
+#[derive(Clone, Default)]
+pub struct OpenStreams(Arc<Mutex<HashMap<Uuid, u32>>>);
+
+impl OpenStreams {
+    /// One more stream for `user`, unless they have `max` open; counted in
+    /// `aggregator_streams_open` until the returned guard drops.
+    fn open(&self, user: Uuid, max: u32) -> Option<OpenStream> {
+        let mut open = self.lock();
+        let count = open.entry(user).or_insert(0);
+        if *count >= max {
+            metrics::counter!("aggregator_streams_refused_total").increment(1);
+            return None;
+        }
+        *count += 1;
+        metrics::gauge!("aggregator_streams_open").increment(1.0);
+        Some(OpenStream {
+            streams: self.clone(),
+            user,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, u32>> {
+        // Only counters: a poisoned map is still right.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One open stream, from its start until its task ends.
+struct OpenStream {
+    streams: OpenStreams,
+    user: Uuid,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock();
+        if let Some(count) = open.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+        metrics::gauge!("aggregator_streams_open").decrement(1.0);
+    }
+}
+
+/// The events waiting for one client, bounded in bytes: each holds room in
+/// the queue (its size, at most the whole queue) until the response body
+/// takes it.
+struct Queue {
+    tx: mpsc::Sender<(Event, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+    bytes: u32,
+    stall: Duration,
+}
+
+impl Queue {
+    fn new(limits: &StreamLimits) -> (Self, mpsc::Receiver<(Event, OwnedSemaphorePermit)>) {
+        let bytes = limits.stream_queue_bytes.get();
+        let (tx, rx) = mpsc::channel(256);
+        let queue = Self {
+            tx,
+            room: Arc::new(Semaphore::new(bytes as usize)),
+            bytes,
+            stall: limits.stall_timeout(),
+        };
+        (queue, rx)
+    }
+
+    /// Queues `event` (`len` bytes of data); `false` when the client is
+    /// gone, or left the queue full for the stall timeout (then it is cut
+    /// off: ending the stream ends the response).
+    async fn send(&self, event: Event, len: usize) -> bool {
+        let need = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.bytes);
+        let room = tokio::select! {
+            room = tokio::time::timeout(self.stall, self.room.clone().acquire_many_owned(need)) => room,
+            () = self.tx.closed() => return false,
+        };
+        let Ok(Ok(room)) = room else {
+            metrics::counter!("aggregator_streams_cut_off_total").increment(1);
+            tracing::info!("a stream's client stopped reading: disconnected");
+            return false;
+        };
+        match tokio::time::timeout(self.stall, self.tx.send((event, room))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                metrics::counter!("aggregator_streams_cut_off_total").increment(1);
+                false
+            }
+        }
+    }
+
+    async fn change(&self, kind: ChangeKind, version: i64, doc: &str) -> bool {
+        self.send(event(kind, version, doc), doc.len()).await
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+/// Who follows which chat's stream, until when.
 struct Reader {
     chats: OutboxReader,
     chat: Uuid,
     user: Uuid,
+    expires: tokio::time::Instant,
 }
 
 impl Reader {
@@ -256,16 +405,17 @@ impl Reader {
 }
 
 /// Sends the snapshot or the missed changes, then live changes, until the
-/// client goes away or stops being a member.
+/// client goes away, stops reading, stops being a member or its token
+/// expires.
 async fn follow(
     store: Feed,
     reader: Reader,
     resume: Option<i64>,
     mut live: broadcast::Receiver<Change>,
-    tx: mpsc::Sender<Event>,
+    queue: Queue,
 ) {
     let chat = reader.chat;
-    let mut last = match catch_up(&store, chat, resume, &tx).await {
+    let mut last = match catch_up(&store, chat, resume, &queue).await {
         Some(v) => v,
         None => return,
     };
@@ -273,7 +423,12 @@ async fn follow(
         // Ends as soon as the client goes away, even if nothing changes.
         let received = tokio::select! {
             received = live.recv() => received,
-            () = tx.closed() => return,
+            () = queue.closed() => return,
+            () = tokio::time::sleep_until(reader.expires) => {
+                let expired = Event::default().event("expired").data(r#"{"reason":"token_expired"}"#);
+                queue.send(expired, 32).await;
+                return;
+            }
         };
         match received {
             Ok(change) if change.chat_id == chat && change.version > last => {
@@ -281,11 +436,7 @@ async fn follow(
                     return;
                 }
                 last = change.version;
-                if tx
-                    .send(event(change.kind, change.version, &change.doc))
-                    .await
-                    .is_err()
-                {
+                if !queue.change(change.kind, change.version, &change.doc).await {
                     return;
                 }
             }
@@ -295,7 +446,7 @@ async fn follow(
                     return;
                 }
                 // Too slow for the live feed: replay from the table instead.
-                match catch_up(&store, chat, Some(last), &tx).await {
+                match catch_up(&store, chat, Some(last), &queue).await {
                     Some(v) => last = v,
                     None => return,
                 }
@@ -307,35 +458,44 @@ async fn follow(
 
 /// Sends what the client lacks; returns the newest version it now has, or
 /// `None` if the client is gone or the store failed.
-async fn catch_up(
-    store: &Feed,
-    chat: Uuid,
-    resume: Option<i64>,
-    tx: &mpsc::Sender<Event>,
-) -> Option<i64> {
+async fn catch_up(store: &Feed, chat: Uuid, resume: Option<i64>, queue: &Queue) -> Option<i64> {
     if let Some(from) = resume {
-        match store.changes_since(chat, from).await {
-            Ok(Some(changes)) => {
+        let reason = match store.changes_since(chat, from).await {
+            Ok(Resume::Changes(changes)) => {
                 let mut last = from;
                 for c in changes {
                     last = c.version;
-                    tx.send(event(c.kind, c.version, &c.doc)).await.ok()?;
+                    if !queue.change(c.kind, c.version, &c.doc).await {
+                        return None;
+                    }
                 }
                 return Some(last);
             }
-            Ok(None) => {} // too old: fall through to a snapshot
+            Ok(Resume::TooOld) => "cursor_too_old",
+            Ok(Resume::Ahead) => "cursor_ahead",
             Err(e) => {
                 tracing::error!(error = %e, "reading the change feed");
                 return None;
             }
+        };
+        let data = format!(r#"{{"reason":"{reason}"}}"#);
+        metrics::counter!("aggregator_streams_reset_total").increment(1);
+        if !queue
+            .send(Event::default().event("reset").data(&data), data.len())
+            .await
+        {
+            return None;
         }
     }
     match store.snapshot(chat, SNAPSHOT_BATCHES).await {
         Ok((docs, version)) => {
             for doc in &docs {
-                tx.send(event(ChangeKind::Added, version, &doc.to_string()))
+                if !queue
+                    .change(ChangeKind::Added, version, &doc.to_string())
                     .await
-                    .ok()?;
+                {
+                    return None;
+                }
             }
             Some(version)
         }
@@ -347,20 +507,3 @@ async fn catch_up(
 }
 
 service_kit::test_every_route_is_documented!(include_str!("routes.rs"), openapi(true));
-
-/// Counts a stream in `aggregator_streams_open` from its start until its
-/// task ends (the client went away).
-struct OpenStream;
-
-impl OpenStream {
-    fn new() -> Self {
-        metrics::gauge!("aggregator_streams_open").increment(1.0);
-        Self
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        metrics::gauge!("aggregator_streams_open").decrement(1.0);
-    }
-}

@@ -117,6 +117,8 @@ impl Components {
                     chats,
                     verifier,
                     tickets: auth_validator::Tickets::default(),
+                    limits: config.streams.clone(),
+                    open: crate::routes::OpenStreams::default(),
                 }))
             }
             _ => None,
@@ -244,4 +246,16 @@ fn describe_metrics() {
         "Realtime streams opened."
     );
     describe_gauge!("aggregator_streams_open", "Realtime streams open now.");
+    describe_counter!(
+        "aggregator_streams_refused_total",
+        "Streams refused because their user had --max-streams-per-user open."
+    );
+    describe_counter!(
+        "aggregator_streams_cut_off_total",
+        "Streams ended because their client left the queue full for the stall timeout."
+    );
+    describe_counter!(
+        "aggregator_streams_reset_total",
+        "Streams opened with a Last-Event-ID they could not resume from (a reset, then a snapshot)."
+    );
 }

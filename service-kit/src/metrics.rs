@@ -47,6 +47,14 @@ pub fn handle() -> PrometheusHandle {
                 metrics::Unit::Seconds,
                 "Time to answer an HTTP request (until the response head), by service, method, route template and status."
             );
+            metrics::describe_gauge!(
+                "http_connections_open",
+                "HTTP connections being served now."
+            );
+            metrics::describe_counter!(
+                "http_connections_refused_total",
+                "Connections answered 503 because --max-connections were open."
+            );
             handle
         })
         .clone()

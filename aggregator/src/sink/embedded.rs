@@ -282,20 +282,20 @@ impl Feed {
         Ok((docs, latest.unwrap_or(0).max(newest)))
     }
 
-    /// The chat's changes after `version`, oldest first, or `None` when
-    /// changes that old are no longer kept.
-    pub async fn changes_since(
-        &self,
-        chat: Uuid,
-        version: i64,
-    ) -> Result<Option<Vec<Change>>, SinkError> {
+    /// The chat's changes after `version`, oldest first; or that changes
+    /// that old are no longer kept, or that `version` is newer than any
+    /// change (a cursor this feed never gave out).
+    pub async fn changes_since(&self, chat: Uuid, version: i64) -> Result<Resume, SinkError> {
         let found = self
             .scan(move |c| {
-                let oldest: Option<i64> = c
-                    .prepare_cached("SELECT MIN(version) FROM changes")?
-                    .query_row([], |r| r.get(0))?;
-                if oldest.is_some_and(|o| o > version + 1) {
-                    return Ok(None);
+                let (oldest, newest): (Option<i64>, Option<i64>) = c
+                    .prepare_cached("SELECT MIN(version), MAX(version) FROM changes")?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if version > newest.unwrap_or(0) {
+                    return Ok(Err(Resume::Ahead));
+                }
+                if version < 0 || oldest.is_some_and(|o| o > version.saturating_add(1)) {
+                    return Ok(Err(Resume::TooOld));
                 }
                 let mut query = c.prepare_cached(
                     "SELECT version, kind, doc FROM changes WHERE chat_id = ?1 AND version > ?2 \
@@ -310,11 +310,12 @@ impl Feed {
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(Some(rows))
+                Ok(Ok(rows))
             })
             .await?;
-        let Some(rows) = found else {
-            return Ok(None);
+        let rows = match found {
+            Ok(rows) => rows,
+            Err(other) => return Ok(other),
         };
         let changes = rows
             .into_iter()
@@ -325,7 +326,28 @@ impl Feed {
                 doc: doc.into(),
             })
             .collect();
-        Ok(Some(changes))
+        Ok(Resume::Changes(changes))
+    }
+}
+
+/// What [`Feed::changes_since`] found for a cursor.
+#[derive(Debug)]
+pub enum Resume {
+    /// Everything after it, oldest first (maybe nothing).
+    Changes(Vec<Change>),
+    /// Older than the oldest change kept.
+    TooOld,
+    /// Newer than the newest change.
+    Ahead,
+}
+
+impl Resume {
+    /// The changes, when the cursor could be honoured.
+    pub fn changes(self) -> Option<Vec<Change>> {
+        match self {
+            Self::Changes(c) => Some(c),
+            Self::TooOld | Self::Ahead => None,
+        }
     }
 }
 

@@ -10,9 +10,14 @@ use testkit::{SseEvent, SseReader};
 type Server = testkit::InProcess;
 
 async fn start_aggregator(dir: PathBuf) -> Server {
+    start_aggregator_with(dir, |_| {}).await
+}
+
+async fn start_aggregator_with(dir: PathBuf, tune: impl FnOnce(&mut aggregator::Config)) -> Server {
     let mut config = aggregator::Config::embedded(dir);
     config.flush_interval_ms = std::num::NonZeroU64::new(300).expect("positive");
     config.embedded_poll_ms = std::num::NonZeroU64::new(5).expect("positive");
+    tune(&mut config);
     let app = aggregator::App::build(config).await.expect("aggregator");
     Server::run(app.local_addr(), |stopped| app.run_until_stopped(stopped))
 }
@@ -33,14 +38,26 @@ struct User {
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_with(|_, _, _| {}).await
+    }
+
+    /// The stack with its services' settings tuned.
+    async fn start_with(
+        tune: impl FnOnce(&mut auth_service::Config, &mut chat_service::Config, &mut aggregator::Config),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().to_path_buf();
-        let auth =
-            Server::start::<auth_service::AppState>(auth_service::Config::embedded(&path)).await;
+        let mut auth_config = auth_service::Config::embedded(&path);
         let mut chat_config = chat_service::Config::embedded(&path);
+        let mut agg_config = aggregator::Config::embedded(&path);
+        tune(&mut auth_config, &mut chat_config, &mut agg_config);
+        let auth = Server::start::<auth_service::AppState>(auth_config).await;
         chat_config.auth_url = format!("http://{}", auth.addr);
         let chat = Server::start::<chat_service::AppState>(chat_config).await;
-        let agg = start_aggregator(path.clone()).await;
+        let agg = start_aggregator_with(path.clone(), |config| {
+            config.streams = agg_config.streams;
+        })
+        .await;
         Self {
             _dir: dir,
             dir: path,
@@ -486,4 +503,127 @@ async fn group_streams_carry_events_and_end_for_a_removed_member() {
         .expect("member_removed");
     assert_eq!(removal["messages"][0]["user_id"], json!(bob.id));
     assert_eq!(removal["members"], json!([alice.id]));
+}
+
+/// A stream's bounds: a cap per user (429 past it), an explicit `reset` for
+/// a cursor it cannot honour (never silence, never an overflow), the end of
+/// the stream when its token expires, and a client that stops reading is
+/// cut off once its queue stays full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_capped_reset_expire_and_cut_off_slow_readers() {
+    let s = Stack::start_with(|auth, chat, agg| {
+        auth.tokens.access_token_ttl_secs = std::num::NonZeroU64::new(4).expect("positive");
+        chat.limits.send_burst = std::num::NonZeroU32::new(1000).expect("positive");
+        agg.streams.max_streams_per_user = std::num::NonZeroU32::new(2).expect("positive");
+        agg.streams.stream_queue_bytes = std::num::NonZeroU32::new(16 * 1024).expect("positive");
+        agg.streams.stream_stall_timeout_ms = std::num::NonZeroU64::new(300).expect("positive");
+    })
+    .await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let chat = s.chat_between(&alice, &bob).await;
+    s.send(&chat, &alice, "hello").await;
+
+    // Two streams per user; the third is refused until one closes.
+    let one = s.stream(&chat, &bob, None).await;
+    let two = s.stream(&chat, &bob, None).await;
+    assert_eq!((one.status().as_u16(), two.status().as_u16()), (200, 200));
+    let third = s.stream(&chat, &bob, None).await;
+    assert_eq!(
+        testkit::error_code(third, reqwest::StatusCode::TOO_MANY_REQUESTS).await,
+        "too_many_streams"
+    );
+    assert_eq!(
+        s.stream(&chat, &alice, None).await.status(),
+        200,
+        "per user"
+    );
+    drop(one);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reopened = loop {
+        let r = s.stream(&chat, &bob, None).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a slot frees when a stream closes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop((two, reopened));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Cursors the feed never gave out: a reset, then the snapshot.
+    for cursor in ["999999999999", "9223372036854775807"] {
+        let mut reader = SseReader::new(s.stream(&chat, &bob, Some(cursor)).await);
+        let first = reader.next(Duration::from_secs(3)).await.expect("an event");
+        assert_eq!(first.event, "reset", "{cursor}");
+        assert_eq!(doc(&first)["reason"], "cursor_ahead");
+        let next = reader
+            .next(Duration::from_secs(3))
+            .await
+            .expect("the snapshot");
+        assert_eq!(next.event, "added");
+        assert_eq!(doc(&next)["messages"][0]["text"], "hello");
+    }
+    // Not a cursor at all: a plain snapshot.
+    for cursor in ["-5", "99999999999999999999999", "x"] {
+        let mut reader = SseReader::new(s.stream(&chat, &bob, Some(cursor)).await);
+        let first = reader.next(Duration::from_secs(3)).await.expect("an event");
+        assert_eq!(first.event, "added", "{cursor}");
+    }
+
+    // A client that stops reading while big batches are written is cut off:
+    // its stream ends instead of queueing them.
+    let stalled = s.stream(&chat, &bob, None).await;
+    assert_eq!(stalled.status(), 200);
+    let big = "😀".repeat(4000);
+    // Well past what the kernel's socket buffers hold (4 MiB here).
+    for _ in 0..400 {
+        s.send(&chat, &alice, &big).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = s
+            .http
+            .get(format!("http://{}/metrics", s.agg.addr))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let cut_off = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("aggregator_streams_cut_off_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if cut_off >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream was cut off:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+
+    // The stream ends when the token does: an `expired` event, then the end.
+    let opened = Instant::now();
+    let mut reader = SseReader::new(s.stream(&chat, &bob, None).await);
+    let seen = until(&mut reader, Duration::from_secs(10), |e| {
+        e.event == "expired"
+    })
+    .await;
+    assert!(seen.iter().all(|e| e.event != "reset"));
+    assert!(
+        reader.next(Duration::from_secs(3)).await.is_none(),
+        "the stream ends"
+    );
+    assert!(
+        opened.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        opened.elapsed()
+    );
 }

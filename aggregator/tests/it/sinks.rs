@@ -207,6 +207,7 @@ async fn expired_embedded_documents_are_removed_with_a_change() {
         .changes_since(chat, added.version)
         .await
         .expect("changes")
+        .changes()
         .expect("kept");
     assert_eq!(
         replay.iter().map(|c| c.kind.as_str()).collect::<Vec<_>>(),
