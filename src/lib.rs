@@ -48,6 +48,9 @@ pub struct Config {
     #[command(flatten)]
     pub streams: aggregator::config::StreamLimits,
 
+    #[command(flatten)]
+    pub security: auth_service::config::SecurityConfig,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -178,7 +181,9 @@ impl App {
         let dir = &config.data_dir;
         embedded_db::private_dir(dir)?;
         // auth first: it creates the signing key the others check tokens with.
-        let auth = auth_service::AppState::build(&auth_service::Config::embedded(dir)).await?;
+        let mut auth_config = auth_service::Config::embedded(dir);
+        auth_config.security = config.security.clone();
+        let auth = auth_service::AppState::build(&auth_config).await?;
         let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));
         let mut chat_config = chat_service::Config::embedded(dir);
         chat_config.limits = config.limits.clone();

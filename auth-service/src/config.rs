@@ -105,13 +105,31 @@ pub struct SecurityConfig {
     #[arg(long, env = "HASH_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
     pub hash_queue_timeout_ms: u64,
 
-    /// Failed logins allowed per account within the window before 429.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value = "5")]
+    /// Failed logins allowed for one account from one client address within
+    /// the window before that pair gets 429.
+    #[arg(
+        long,
+        env = "LOGIN_MAX_FAILURES_PER_ACCOUNT_ADDRESS",
+        default_value = "5"
+    )]
+    pub login_max_failures_per_account_address: NonZeroU32,
+
+    /// Failed logins allowed per account, from addresses it has not logged
+    /// in from, within the window before 429 for them (25 per 15 minutes is
+    /// at most 100 an hour). Addresses the account logged in from in the
+    /// last 30 days are not held back by it.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value = "25")]
     pub login_max_failures_per_account: NonZeroU32,
 
-    /// Failed logins allowed per client address within the window before 429.
+    /// Failed logins allowed per client address, across accounts it has not
+    /// logged in to, within the window before 429.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value = "50")]
     pub login_max_failures_per_address: NonZeroU32,
+
+    /// Accounts one client address may register per hour (a burst of as
+    /// many, refilled evenly); past it, 429.
+    #[arg(long, env = "REGISTRATIONS_PER_ADDRESS_PER_HOUR", default_value = "20")]
+    pub registrations_per_address_per_hour: NonZeroU32,
 
     /// Length of the failed-login window, seconds.
     #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value = "900")]
@@ -137,7 +155,9 @@ mod tests {
             "--access-token-ttl-secs",
             "--refresh-token-ttl-secs",
             "--max-concurrent-hashes",
+            "--login-max-failures-per-account-address",
             "--login-max-failures-per-account",
+            "--registrations-per-address-per-hour",
             "--login-max-failures-per-address",
             "--login-failure-window-secs",
         ]);

@@ -207,14 +207,19 @@ impl From<&UserRow> for PublicUser {
 }
 
 /// Register a user.
+///
+/// One client address may register `--registrations-per-address-per-hour`
+/// accounts an hour; past it, 429 with `Retry-After`.
 #[utoipa::path(post, path = "/users", request_body = RegisterRequest, responses(
     (status = 201, body = PrivateUser),
     (status = 409, description = "username taken", body = ErrorBody),
     (status = 422, description = "invalid fields", body = ErrorBody),
+    (status = 429, description = "too many registrations from this address", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all)]
 async fn register(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(body): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<PrivateUser>)> {
     let mut problems = std::collections::BTreeMap::new();
@@ -234,6 +239,9 @@ async fn register(
     if state.db.user_by_key(username.key()).await?.is_some() {
         return Err(Error::UsernameTaken);
     }
+    if let Some(ip) = ip {
+        registration_allowed(&state, ip)?;
+    }
     let password_hash = state.passwords.hash(password.into_secret()).await?;
     let user = UserRow {
         id: Uuid::new_v4(),
@@ -247,6 +255,20 @@ async fn register(
     metrics::counter!("auth_registrations_total").increment(1);
     tracing::info!(user_id = %user.id, "user registered");
     Ok((StatusCode::CREATED, Json(PrivateUser::from(&user))))
+}
+
+/// Takes one of `ip`'s registrations, or says how long until it has one.
+fn registration_allowed(state: &AppState, ip: IpAddr) -> Result<()> {
+    use governor::clock::{Clock as _, DefaultClock};
+    // Forget addresses whose allowance is full again, so the map stays
+    // bounded by the addresses registering within an hour.
+    if state.registrations.len() > 10_000 {
+        state.registrations.retain_recent();
+    }
+    state.registrations.check_key(&ip).map_err(|not_until| {
+        metrics::counter!("auth_registrations_refused_total").increment(1);
+        Error::RateLimited(not_until.wait_time_from(DefaultClock::default().now()))
+    })
 }
 
 /// The client's address: the TCP peer, or the first address in the
@@ -278,8 +300,10 @@ impl FromRequestParts<AppState> for ClientIp {
 /// Log in with username and password.
 ///
 /// Unknown users and wrong passwords get the same 401 after the same
-/// hashing work. Repeated failures for one account, or from one address,
-/// get 429 with `Retry-After` until the window ends.
+/// hashing work. Repeated failures get 429 with `Retry-After` until the
+/// window ends: for one account from one address, for one account from
+/// addresses it has not logged in from, or from one address (see the
+/// README, "Login limits").
 #[utoipa::path(post, path = "/login", request_body = LoginRequest, responses(
     (status = 200, body = TokenResponse),
     (status = 401, description = "invalid username or password", body = ErrorBody),
@@ -296,18 +320,11 @@ async fn login(
     let account_key = Username::parse(&body.username)
         .map(|u| u.key().to_owned())
         .unwrap_or_default();
-    let address_key = ip.map(|ip| ip.to_string());
     let now = Instant::now();
     state
-        .account_limiter
-        .check(&account_key, now)
+        .logins
+        .check(&account_key, ip, now)
         .map_err(Error::RateLimited)?;
-    if let Some(addr) = &address_key {
-        state
-            .address_limiter
-            .check(addr, now)
-            .map_err(Error::RateLimited)?;
-    }
     let user = if account_key.is_empty() {
         None
     } else {
@@ -319,15 +336,11 @@ async fn login(
         .verify(SecretString::from(body.password), stored)
         .await?;
     let Some(user) = user.filter(|_| ok) else {
-        let now = Instant::now();
-        state.account_limiter.record_failure(&account_key, now);
-        if let Some(addr) = &address_key {
-            state.address_limiter.record_failure(addr, now);
-        }
+        state.logins.failed(&account_key, ip, Instant::now());
         metrics::counter!("auth_logins_total", "outcome" => "failure").increment(1);
         return Err(Error::InvalidCredentials);
     };
-    state.account_limiter.clear(&account_key);
+    state.logins.succeeded(&account_key, ip, Instant::now());
     metrics::counter!("auth_logins_total", "outcome" => "success").increment(1);
     let family = Uuid::new_v4();
     let refresh_token = new_refresh(&state, family, user.id).await?;

@@ -12,11 +12,12 @@ use secrecy::ExposeSecret;
 use service_kit::probes::Check;
 
 use crate::firebase::FirebaseTokens;
-use crate::limiter::FailureLimiter;
+use crate::limiter::{LoginLimits, LoginPolicy};
 use crate::passwords::Passwords;
 use crate::store::Db;
 use crate::tokens::Tokens;
 use crate::Config;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -25,8 +26,10 @@ pub struct AppState {
     pub passwords: Arc<Passwords>,
     pub tokens: Arc<Tokens>,
     pub verifier: Verifier,
-    pub account_limiter: Arc<FailureLimiter>,
-    pub address_limiter: Arc<FailureLimiter>,
+    /// Failed-login limits.
+    pub logins: Arc<LoginLimits>,
+    /// Registrations per client address.
+    pub registrations: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
     pub client_ip_header: Option<HeaderName>,
     /// Signs Firebase custom tokens, when a service account is configured.
     pub firebase: Option<Arc<FirebaseTokens>>,
@@ -75,14 +78,15 @@ impl AppState {
             passwords: Arc::new(passwords),
             verifier: tokens.verifier(),
             tokens: Arc::new(tokens),
-            account_limiter: Arc::new(FailureLimiter::new(
-                sec.login_max_failures_per_account,
+            logins: Arc::new(LoginLimits::new(LoginPolicy {
+                per_account_address: sec.login_max_failures_per_account_address,
+                per_account: sec.login_max_failures_per_account,
+                per_address: sec.login_max_failures_per_address,
                 window,
-            )),
-            address_limiter: Arc::new(FailureLimiter::new(
-                sec.login_max_failures_per_address,
-                window,
-            )),
+            })),
+            registrations: Arc::new(RateLimiter::keyed(Quota::per_hour(
+                sec.registrations_per_address_per_hour,
+            ))),
             client_ip_header,
             firebase,
         })

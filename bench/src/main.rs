@@ -202,7 +202,14 @@ struct Server {
 
 impl Server {
     fn start(bin: &Path) -> anyhow::Result<Self> {
-        let args = ["--send-rate-per-sec", "1000000", "--send-burst", "1000000"];
+        let args = [
+            "--send-rate-per-sec",
+            "1000000",
+            "--send-burst",
+            "1000000",
+            "--registrations-per-address-per-hour",
+            "1000000",
+        ];
         Self::start_with(bin, tempfile::tempdir()?, &args)
     }
 

@@ -11,6 +11,8 @@ crate::on_both_backends!(
     unknown_user_and_wrong_password_look_the_same,
     failed_logins_per_account_trip_and_recover,
     failed_logins_per_address_trip,
+    a_victim_logs_in_while_an_attacker_hammers_their_name,
+    registrations_are_limited_per_address,
 );
 
 async fn login_returns_working_tokens(backend: Backend) {
@@ -129,4 +131,100 @@ async fn failed_logins_per_address_trip(backend: Backend) {
         error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
         "rate_limited"
     );
+}
+
+/// `POST /login` from `address` (through the configured proxy header).
+async fn login_from(
+    app: &crate::helpers::TestApp,
+    address: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url("/login"))
+        .header("x-forwarded-for", address)
+        .json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login")
+}
+
+async fn a_victim_logs_in_while_an_attacker_hammers_their_name(backend: Backend) {
+    let app = spawn_with(backend, |c| {
+        c.security.client_ip_header = Some("x-forwarded-for".into());
+        c.security.login_max_failures_per_account = NonZeroU32::new(10).expect("positive");
+    })
+    .await;
+    assert_eq!(
+        app.register("victim", "password123").await.status(),
+        StatusCode::CREATED
+    );
+    let home = "203.0.113.7";
+    assert_eq!(
+        login_from(&app, home, "victim", "password123")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // One attacker address locks only itself, after 5 failures: even the
+    // right password is refused from there.
+    for _ in 0..5 {
+        let r = login_from(&app, "198.51.100.1", "victim", "guess").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login_from(&app, "198.51.100.1", "victim", "password123").await;
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+    // Many attacker addresses: the account-wide ceiling (10 here) holds.
+    let mut failures = 5;
+    for i in 2..40 {
+        let r = login_from(&app, &format!("198.51.100.{i}"), "victim", "guess").await;
+        match r.status() {
+            StatusCode::UNAUTHORIZED => failures += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(failures, 10, "guesses the account allows per window");
+    // The victim, from their usual address, is not locked out.
+    assert_eq!(
+        login_from(&app, home, "victim", "password123")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+async fn registrations_are_limited_per_address(backend: Backend) {
+    let app = spawn_with(backend, |c| {
+        c.security.client_ip_header = Some("x-forwarded-for".into());
+        c.security.registrations_per_address_per_hour = NonZeroU32::new(3).expect("positive");
+    })
+    .await;
+    let register_from = |address: &'static str, name: String| {
+        let url = app.url("/users");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", address)
+                .json(&serde_json::json!({"username": name, "password": "password123"}))
+                .send()
+                .await
+                .expect("register")
+        }
+    };
+    for i in 0..3 {
+        let r = register_from("192.0.2.1", format!("many{i}")).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let r = register_from("192.0.2.1", "many3".into()).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+    let r = register_from("192.0.2.2", "other".into()).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "per address");
 }

@@ -3,7 +3,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, spawn, Backend};
+use crate::helpers::{error_code, spawn, spawn_with, Backend};
 
 crate::on_both_backends!(
     register_returns_the_new_user,
@@ -151,7 +151,12 @@ async fn concurrent_registrations_of_one_name_yield_one_user(backend: Backend) {
 }
 
 async fn search_paginates_without_skipping_or_repeating(backend: Backend) {
-    let app = spawn(backend).await;
+    // Its two dozen users all register from one address.
+    let app = spawn_with(backend, |c| {
+        c.security.registrations_per_address_per_hour =
+            std::num::NonZeroU32::new(100).expect("positive");
+    })
+    .await;
     let caller = app.signed_up("zed").await;
     let token = caller["access_token"].as_str().expect("token");
     // Names chosen so byte order, case and the allowed punctuation matter.
