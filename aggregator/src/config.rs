@@ -133,6 +133,13 @@ pub struct StreamLimits {
     /// How long a stream waits for a client that does not read, milliseconds.
     #[arg(long, env = "STREAM_STALL_TIMEOUT_MS", default_value = "10000")]
     pub stream_stall_timeout_ms: NonZeroU64,
+
+    /// Most bytes of batch documents the embedded change feed keeps for
+    /// streams that resume with `Last-Event-ID` (also at most 200,000
+    /// changes); a cursor older than what is kept gets a reset and a fresh
+    /// snapshot.
+    #[arg(long, env = "CHANGE_FEED_MAX_BYTES", default_value = "134217728")]
+    pub change_feed_max_bytes: std::num::NonZeroU32,
 }
 
 impl StreamLimits {
@@ -170,6 +177,13 @@ impl Config {
         }
     }
 
+    /// What the embedded change feed keeps.
+    pub fn retention(&self) -> crate::sink::embedded::FeedRetention {
+        crate::sink::embedded::FeedRetention {
+            max_bytes: i64::from(self.streams.change_feed_max_bytes.get()),
+        }
+    }
+
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.batch_ttl_days * 24 * 3600)
     }
@@ -196,6 +210,7 @@ mod tests {
             "--flush-interval-ms",
             "--embedded-poll-ms",
             "--max-streams-per-user",
+            "--change-feed-max-bytes",
             "--stream-queue-bytes",
             "--stream-stall-timeout-ms",
         ]);

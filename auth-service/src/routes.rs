@@ -324,7 +324,10 @@ async fn login(
     state
         .logins
         .check(&account_key, ip, now)
-        .map_err(Error::RateLimited)?;
+        .map_err(|retry_after| {
+            metrics::counter!("auth_logins_total", "outcome" => "limited").increment(1);
+            Error::RateLimited(retry_after)
+        })?;
     let user = if account_key.is_empty() {
         None
     } else {

@@ -126,11 +126,15 @@ fn describe_metrics() {
     metrics::describe_counter!("auth_registrations_total", "Users registered.");
     metrics::describe_counter!(
         "auth_logins_total",
-        "Login attempts, by outcome (success, failure)."
+        "Login attempts, by outcome (success, failure, limited)."
     );
     metrics::describe_counter!(
         "auth_refresh_reuse_total",
         "Spent refresh tokens presented again (each revokes its token family)."
+    );
+    metrics::describe_counter!(
+        "auth_registrations_refused_total",
+        "Registrations refused by the per-address limit."
     );
     metrics::describe_histogram!(
         "password_hash_seconds",

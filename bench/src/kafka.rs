@@ -260,6 +260,9 @@ async fn aggregator(
     let store = aggregator::sink::embedded::EmbeddedSink::open(
         server.data_dir(),
         Duration::from_secs(30 * 24 * 3600),
+        aggregator::sink::embedded::FeedRetention {
+            max_bytes: 128 << 20,
+        },
     )
     .await?;
     for (chat, want) in expected {

@@ -36,9 +36,23 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("../../migrations/0003_batch_progress.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("../../migrations/0004_feed_size.sql"),
+    },
 ];
-/// Changes kept for resumption; older `Last-Event-ID`s get a fresh snapshot.
+/// Most changes kept for resumption (besides [`FeedRetention::max_bytes`]);
+/// older `Last-Event-ID`s get a reset and a fresh snapshot.
 const KEEP_CHANGES: i64 = 200_000;
+/// Oldest changes deleted at once when the feed is over its bounds.
+const PRUNE_STEP: i64 = 500;
+
+/// How much of the change feed is kept for clients that resume.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedRetention {
+    /// Most bytes of documents kept in the feed.
+    pub max_bytes: i64,
+}
 /// Live changes buffered for SSE streams; a stream that falls further behind
 /// replays from the `changes` table instead.
 const LIVE_CHANGES: usize = 256;
@@ -102,6 +116,7 @@ pub struct EmbeddedSink {
     write: GroupWriter,
     feed: Feed,
     ttl: Duration,
+    retention: FeedRetention,
 }
 
 /// The reading side, for the SSE streams: a chat's snapshot, its changes
@@ -170,7 +185,11 @@ impl From<ReadError> for SinkError {
 }
 
 impl EmbeddedSink {
-    pub async fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
+    pub async fn open(
+        data_dir: &Path,
+        ttl: Duration,
+        retention: FeedRetention,
+    ) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         embedded_db::migrate(&path, MIGRATIONS).await?;
         let write = GroupWriter::spawn("realtime.db", &path, GROUP)?;
@@ -180,6 +199,7 @@ impl EmbeddedSink {
             write,
             feed: Feed { read, changes },
             ttl,
+            retention,
         })
     }
 
@@ -206,7 +226,13 @@ impl EmbeddedSink {
     /// TTL policy). Returns how many were removed.
     pub async fn expire(&self, now: time::OffsetDateTime) -> Result<usize, SinkError> {
         let now = now.unix_timestamp();
-        self.commit(move |conn| expire(conn, now)).await
+        let retention = self.retention;
+        self.commit(move |conn| {
+            let done = expire(conn, now)?;
+            prune_feed(conn, retention)?;
+            Ok(done)
+        })
+        .await
     }
 
     /// Runs [`EmbeddedSink::expire`] every `every` until the task is aborted.
@@ -357,10 +383,59 @@ fn record_change(
     kind: ChangeKind,
     doc: &str,
 ) -> rusqlite::Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO changes (chat_id, kind, doc) VALUES (?1, ?2, ?3) RETURNING version",
-    )?
-    .query_row(params![chat, kind.as_str(), doc], |r| r.get(0))
+    let version = conn
+        .prepare_cached(
+            "INSERT INTO changes (chat_id, kind, doc, bytes) VALUES (?1, ?2, ?3, ?4) \
+             RETURNING version",
+        )?
+        .query_row(params![chat, kind.as_str(), doc, doc.len()], |r| r.get(0))?;
+    conn.prepare_cached("UPDATE feed_size SET rows = rows + 1, bytes = bytes + ?1 WHERE id = 1")?
+        .execute([doc.len()])?;
+    Ok(version)
+}
+
+/// Deletes the oldest changes once the feed holds more than
+/// `retention.max_bytes` of documents or [`KEEP_CHANGES`] changes, down to
+/// nine tenths of the bound (so pruning is not paid on every write), always
+/// keeping the newest change (the feed's position).
+fn prune_feed(conn: &Connection, retention: FeedRetention) -> rusqlite::Result<()> {
+    let (rows, bytes): (i64, i64) = conn
+        .prepare_cached("SELECT rows, bytes FROM feed_size WHERE id = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if rows <= KEEP_CHANGES && bytes <= retention.max_bytes {
+        return Ok(());
+    }
+    let (rows_over, bytes_over) = (
+        rows - KEEP_CHANGES * 9 / 10,
+        bytes - retention.max_bytes * 9 / 10,
+    );
+    let (mut cut, mut freed_rows, mut freed_bytes) = (None, 0i64, 0i64);
+    while freed_rows < rows - 1 && (freed_rows < rows_over || freed_bytes < bytes_over) {
+        let after = cut.unwrap_or(i64::MIN);
+        let oldest: Vec<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT version, bytes FROM changes WHERE version > ?1 ORDER BY version LIMIT ?2",
+            )?
+            .query_map([after, PRUNE_STEP], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if oldest.is_empty() {
+            break;
+        }
+        for (version, size) in oldest {
+            if freed_rows >= rows - 1 || (freed_rows >= rows_over && freed_bytes >= bytes_over) {
+                break;
+            }
+            cut = Some(version);
+            freed_rows += 1;
+            freed_bytes += size;
+        }
+    }
+    let Some(cut) = cut else { return Ok(()) };
+    conn.prepare_cached("DELETE FROM changes WHERE version <= ?1")?
+        .execute([cut])?;
+    conn.prepare_cached("UPDATE feed_size SET rows = rows - ?1, bytes = bytes - ?2 WHERE id = 1")?
+        .execute([freed_rows, freed_bytes])?;
+    Ok(())
 }
 
 /// One pipeline write, atomically (it runs inside its own savepoint).
@@ -429,12 +504,6 @@ fn store_write(conn: &Connection, w: Prepared) -> Result<Done, SinkError> {
         )?
         .execute(params![chat_id, doc])?;
         documents += 1;
-    }
-    if let Some(last) = changes.last() {
-        if last.version % 1000 == 0 {
-            conn.prepare_cached("DELETE FROM changes WHERE version < ?1")?
-                .execute([last.version - KEEP_CHANGES])?;
-        }
     }
     Ok(Done { changes, documents })
 }
@@ -515,7 +584,15 @@ impl Sink for EmbeddedSink {
                 .as_ref()
                 .map(|s| (s.chat_id, summary_json_text(s))),
         };
-        self.commit(move |conn| store_write(conn, prepared)).await
+        let retention = self.retention;
+        self.commit(move |conn| {
+            let done = store_write(conn, prepared)?;
+            if !done.changes.is_empty() {
+                prune_feed(conn, retention)?;
+            }
+            Ok(done)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), SinkError> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aggregator::batcher::{Batch, BatchMessage, Position, Summary, Write};
-use aggregator::sink::embedded::EmbeddedSink;
+use aggregator::sink::embedded::{EmbeddedSink, FeedRetention, Resume};
 use aggregator::sink::firestore::FirestoreSink;
 use aggregator::sink::{Sink, SinkError};
 use chat_events::TimeUuidGenerator;
@@ -13,6 +13,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const RETAIN: FeedRetention = FeedRetention {
+    max_bytes: 128 << 20,
+};
 
 fn batch(chat: Uuid, seq: u64, count: usize, closed: bool, ids: &TimeUuidGenerator) -> Batch {
     let sender = Uuid::new_v4();
@@ -162,7 +165,9 @@ async fn suite(sink: Arc<dyn Sink>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_sink() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = EmbeddedSink::open(dir.path(), TTL).await.expect("open");
+    let sink = EmbeddedSink::open(dir.path(), TTL, RETAIN)
+        .await
+        .expect("open");
     suite(Arc::new(sink)).await;
 }
 
@@ -181,7 +186,7 @@ async fn firestore_sink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_embedded_documents_are_removed_with_a_change() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = EmbeddedSink::open(dir.path(), Duration::from_secs(60))
+    let sink = EmbeddedSink::open(dir.path(), Duration::from_secs(60), RETAIN)
         .await
         .expect("open");
     let mut live = sink.feed().subscribe();
@@ -214,4 +219,61 @@ async fn expired_embedded_documents_are_removed_with_a_change() {
         ["removed"]
     );
     assert_eq!(sink.expire(after).await.expect("expire"), 0, "once");
+}
+
+/// The change feed keeps what its byte bound allows and no more: the oldest
+/// changes go first, a cursor into them is "too old", a recent one resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_stays_within_its_byte_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bound = 64 * 1024;
+    let sink = EmbeddedSink::open(dir.path(), TTL, FeedRetention { max_bytes: bound })
+        .await
+        .expect("open");
+    let ids = TimeUuidGenerator::new();
+    let chat = Uuid::new_v4();
+    let mut versions = Vec::new();
+    let mut live = sink.feed().subscribe();
+    let mut current = batch(chat, 1, 1, false, &ids);
+    sink.write(&write(&current, None, true))
+        .await
+        .expect("write");
+    versions.push(live.recv().await.expect("change").version);
+    for _ in 0..200 {
+        current = grown(&current, 1, &ids);
+        sink.write(&write(&current, None, false))
+            .await
+            .expect("write");
+        versions.push(live.recv().await.expect("change").version);
+    }
+    let path = dir.path().join(aggregator::sink::embedded::FILE);
+    let (rows, bytes, stored): (i64, i64, i64) = {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.query_row(
+            "SELECT (SELECT rows FROM feed_size), (SELECT bytes FROM feed_size), \
+             (SELECT SUM(length(CAST(doc AS BLOB))) FROM changes)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("sizes")
+    };
+    assert_eq!(bytes, stored, "the kept count matches the table");
+    assert!(bytes <= bound, "{bytes} bytes kept, bound {bound}");
+    assert!(rows > 1 && rows < 201, "{rows} changes kept");
+    let feed = sink.feed();
+    assert!(matches!(
+        feed.changes_since(chat, versions[0]).await.expect("read"),
+        Resume::TooOld
+    ));
+    let recent = versions[versions.len() - 3];
+    let changes = feed
+        .changes_since(chat, recent)
+        .await
+        .expect("read")
+        .changes()
+        .expect("kept");
+    assert_eq!(
+        changes.iter().map(|c| c.version).collect::<Vec<_>>(),
+        versions[versions.len() - 2..]
+    );
 }
