@@ -59,6 +59,29 @@ pub enum Rotation {
     Invalid,
 }
 
+/// SQLite's automatic checkpoints are passive: while reads and writes keep
+/// coming, the WAL may never start over and grows with every write. Past
+/// [`embedded_db::WAL_LIMIT_BYTES`] it is checkpointed and emptied (which
+/// waits for readers of the old WAL, up to the busy timeout). Ends with the
+/// pool.
+async fn bound_wal(pool: sqlx::SqlitePool, wal: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(embedded_db::CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !pool.is_closed() {
+        tick.tick().await;
+        let size = tokio::fs::metadata(&wal).await.map_or(0, |m| m.len());
+        if size <= embedded_db::WAL_LIMIT_BYTES || pool.is_closed() {
+            continue;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, wal_bytes = size, "could not empty auth.db's WAL");
+        }
+    }
+}
+
 impl Db {
     /// Connects to `url` (`postgres://…` or `sqlite://…`), or to `auth.db`
     /// in `data_dir` when no URL is given.
@@ -109,13 +132,24 @@ impl Db {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // When the WAL starts over, it is cut back to this size.
+            .pragma(
+                "journal_size_limit",
+                embedded_db::WAL_LIMIT_BYTES.to_string(),
+            );
+        let wal = {
+            let mut wal = options.get_filename().as_os_str().to_owned();
+            wal.push("-wal");
+            std::path::PathBuf::from(wal)
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire)
             .connect_with(options)
             .await
             .context("opening SQLite")?;
+        tokio::spawn(bound_wal(pool.clone(), wal));
         Ok(Db::Sqlite(pool))
     }
 

@@ -144,6 +144,10 @@ type Job = Box<dyn FnOnce(&rusqlite::Connection) -> (bool, Reply) + Send>;
 /// The writer never checkpoints the WAL itself (a checkpoint syncs the file
 /// and would hold up every write queued behind it): a thread of its own does
 /// a passive checkpoint every [`CHECKPOINT_EVERY`], alongside the writes.
+/// Passive checkpoints never start the WAL over while writes keep coming, so
+/// when the WAL file passes its limit ([`WAL_LIMIT_BYTES`] by default) that
+/// thread runs a truncating one: it holds writes back while readers of the
+/// old WAL finish (at most [`TRUNCATE_WAIT`]), then empties the file.
 #[derive(Clone)]
 pub struct GroupWriter {
     jobs: tokio::sync::mpsc::Sender<Job>,
@@ -155,23 +159,52 @@ pub struct GroupWriter {
 /// How often the WAL is checkpointed, off the write path.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// Size of the WAL file past which it is checkpointed and emptied.
+pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest a truncating checkpoint waits for readers (and holds writes
+/// back); if they are not done by then, it is tried again a tick later.
+pub const TRUNCATE_WAIT: Duration = Duration::from_secs(2);
+
 /// Checkpoints `path`'s WAL every [`CHECKPOINT_EVERY`] until `stop`'s
-/// sender is gone.
+/// sender is gone, truncating it when it is larger than `wal_limit`.
 fn spawn_checkpointer(
     name: &'static str,
     path: &Path,
+    wal_limit: u64,
     stop: std::sync::mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
     let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(TRUNCATE_WAIT)?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
     std::thread::Builder::new()
         .name(format!("{name}-ckpt"))
         .spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(CHECKPOINT_EVERY)
             {
-                let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, db = name, "WAL checkpoint failed");
+                let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                let mode = if size > wal_limit {
+                    "TRUNCATE"
+                } else {
+                    "PASSIVE"
+                };
+                // (busy, frames in the WAL, frames checkpointed)
+                let done = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    r.get::<_, i64>(0)
+                });
+                match done {
+                    Ok(busy) if busy != 0 && mode == "TRUNCATE" => {
+                        tracing::warn!(
+                            db = name,
+                            wal_bytes = size,
+                            "WAL over its limit; readers kept it from being emptied, trying again"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, db = name, "WAL checkpoint failed"),
                 }
             }
         })?;
@@ -183,12 +216,26 @@ impl GroupWriter {
     /// [`migrate`]d). It ends when every clone of the returned writer is gone
     /// and the queue is empty.
     pub fn spawn(name: &'static str, path: &Path, max_group: usize) -> anyhow::Result<Self> {
+        Self::spawn_with_wal_limit(name, path, max_group, WAL_LIMIT_BYTES)
+    }
+
+    /// [`GroupWriter::spawn`] with the WAL file kept near `wal_limit` bytes.
+    pub fn spawn_with_wal_limit(
+        name: &'static str,
+        path: &Path,
+        max_group: usize,
+        wal_limit: u64,
+    ) -> anyhow::Result<Self> {
         let mut conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // When the WAL starts over on its own, it is cut back to this size.
+        conn.pragma_update(None, "journal_size_limit", wal_limit)?;
+        // A truncating checkpoint holds writes back for up to TRUNCATE_WAIT.
+        conn.busy_timeout(TRUNCATE_WAIT + Duration::from_secs(3))?;
         conn.set_prepared_statement_cache_capacity(32);
         let (checkpoints, stop) = std::sync::mpsc::channel();
-        spawn_checkpointer(name, path, stop)?;
+        spawn_checkpointer(name, path, wal_limit, stop)?;
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(4 * max_group);
         std::thread::Builder::new()
             .name(format!("{name}-writer"))
@@ -481,5 +528,71 @@ mod tests {
         assert_eq!(version(&path), 1, "sqlx's version recorded");
         migrate(&path, TWO).await.expect("continues at 2");
         assert_eq!(version(&path), 2);
+    }
+
+    const BLOBS: &[Migration] = &[Migration {
+        version: 1,
+        sql: "CREATE TABLE blobs (n INTEGER PRIMARY KEY NOT NULL, b BLOB NOT NULL);",
+    }];
+
+    /// Under a steady write load with readers always in the middle of a
+    /// read, passive checkpoints alone never start the WAL over: it grows
+    /// with everything written. The truncating checkpoint keeps it near its
+    /// limit, and it ends at most that large.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_near_its_limit_while_readers_and_writers_run() {
+        const LIMIT: u64 = 1024 * 1024;
+        const WRITTEN: u64 = 16 * 1024 * 1024;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.db");
+        let wal = dir.path().join("w.db-wal");
+        migrate(&path, BLOBS).await.expect("migrate");
+        let writer = GroupWriter::spawn_with_wal_limit("w.db", &path, 16, LIMIT).expect("writer");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Two readers whose read transactions overlap: one is always open.
+        let readers: Vec<_> = (0..2u64)
+            .map(|i| {
+                let (path, stop) = (path.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(10 * i));
+                    let conn = rusqlite::Connection::open(&path).expect("reader");
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        conn.execute_batch("BEGIN").expect("begin");
+                        let _: i64 = conn
+                            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
+                            .expect("read");
+                        std::thread::sleep(Duration::from_millis(20));
+                        conn.execute_batch("COMMIT").expect("commit");
+                    }
+                })
+            })
+            .collect();
+        let (mut largest, chunk) = (0, 64 * 1024);
+        for n in 0..(WRITTEN / chunk) {
+            writer
+                .write(move |c| -> Result<(), TestError> {
+                    c.execute(
+                        "INSERT INTO blobs (n, b) VALUES (?1, zeroblob(?2))",
+                        rusqlite::params![n, chunk],
+                    )?;
+                    Ok(())
+                })
+                .await
+                .expect("write");
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(10)).await; // about 6 MB/s
+        }
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            reader.join().expect("reader thread");
+        }
+        let last = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        // At about 6 MB/s, a tick of CHECKPOINT_EVERY adds about 3 MB.
+        assert!(
+            largest < LIMIT + 6 * 1024 * 1024,
+            "the WAL reached {largest} bytes for {WRITTEN} written"
+        );
+        assert!(last <= LIMIT, "the WAL ended at {last} bytes");
     }
 }
