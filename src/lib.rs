@@ -51,6 +51,10 @@ pub struct Config {
     #[command(flatten)]
     pub security: auth_service::config::SecurityConfig,
 
+    /// The WAL bound of each embedded database (users, messages, realtime).
+    #[command(flatten)]
+    pub wal: embedded_db::WalLimit,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -183,16 +187,19 @@ impl App {
         // auth first: it creates the signing key the others check tokens with.
         let mut auth_config = auth_service::Config::embedded(dir);
         auth_config.security = config.security.clone();
+        auth_config.wal = config.wal;
         let auth = auth_service::AppState::build(&auth_config).await?;
         let users: Arc<dyn UserDirectory> = Arc::new(LocalUsers(auth.db.clone()));
         let mut chat_config = chat_service::Config::embedded(dir);
         chat_config.limits = config.limits.clone();
+        chat_config.store.wal = config.wal;
         let chat = chat_service::AppState::build_with(&chat_config, Some(users)).await?;
         // SQLite has no per-document write limit, so the embedded store can
         // show a growing batch sooner than Firestore's once a second.
         let mut aggregator_config = aggregator::Config::embedded(dir);
         aggregator_config.flush_interval_ms = EMBEDDED_FLUSH_INTERVAL_MS;
         aggregator_config.streams = config.streams.clone();
+        aggregator_config.wal = config.wal;
         let parts =
             aggregator::Components::build(&aggregator_config, chat.outbox_wake.clone()).await?;
         let streams = parts

@@ -113,6 +113,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub connections: service_kit::server::ConnectionLimits,
+
+    /// The WAL bound of the embedded realtime store.
+    #[command(flatten)]
+    pub wal: embedded_db::WalLimit,
 }
 
 /// Bounds on the SSE streams the embedded realtime store serves.
@@ -205,6 +209,7 @@ mod tests {
     fn the_command_line_is_well_formed_and_limits_positive_by_type() {
         service_kit::config::assert_well_formed::<super::Config>(&[
             "--max-connections",
+            "--wal-max-bytes",
             "--header-read-timeout-ms",
             "--batch-max-count",
             "--flush-interval-ms",

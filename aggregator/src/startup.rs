@@ -60,9 +60,15 @@ impl Components {
         service_kit::metrics::handle();
         describe_metrics();
         let embedded = match config.sink {
-            SinkKind::Embedded => {
-                Some(EmbeddedSink::open(&config.data_dir, config.ttl(), config.retention()).await?)
-            }
+            SinkKind::Embedded => Some(
+                EmbeddedSink::open(
+                    &config.data_dir,
+                    config.ttl(),
+                    config.retention(),
+                    config.wal,
+                )
+                .await?,
+            ),
             SinkKind::Firestore => None,
         };
         let sink: Arc<dyn Sink> = match &embedded {

@@ -30,6 +30,10 @@ pub struct Config {
     #[arg(long, env = "AUTH_DATABASE_MAX_CONNECTIONS", default_value = "10")]
     pub database_max_connections: NonZeroU32,
 
+    /// The WAL bound of a SQLite database.
+    #[command(flatten)]
+    pub wal: embedded_db::WalLimit,
+
     #[command(flatten)]
     pub tokens: TokenConfig,
 
@@ -150,6 +154,7 @@ mod tests {
     fn the_command_line_is_well_formed_and_limits_positive_by_type() {
         service_kit::config::assert_well_formed::<super::Config>(&[
             "--max-connections",
+            "--wal-max-bytes",
             "--header-read-timeout-ms",
             "--database-max-connections",
             "--access-token-ttl-secs",

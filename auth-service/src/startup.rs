@@ -55,6 +55,7 @@ impl AppState {
             url.as_deref(),
             &config.data_dir,
             config.database_max_connections.get(),
+            config.wal,
         )
         .await?;
         db.migrate().await?;

@@ -61,16 +61,15 @@ pub enum Rotation {
 
 /// SQLite's automatic checkpoints are passive: while reads and writes keep
 /// coming, the WAL may never start over and grows with every write. Past
-/// [`embedded_db::WAL_LIMIT_BYTES`] it is checkpointed and emptied (which
-/// waits for readers of the old WAL, up to the busy timeout). Ends with the
-/// pool.
-async fn bound_wal(pool: sqlx::SqlitePool, wal: std::path::PathBuf) {
+/// `limit` bytes it is checkpointed and emptied (which waits for readers of
+/// the old WAL, up to the busy timeout). Ends with the pool.
+async fn bound_wal(pool: sqlx::SqlitePool, wal: std::path::PathBuf, limit: u64) {
     let mut tick = tokio::time::interval(embedded_db::CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !pool.is_closed() {
         tick.tick().await;
         let size = tokio::fs::metadata(&wal).await.map_or(0, |m| m.len());
-        if size <= embedded_db::WAL_LIMIT_BYTES || pool.is_closed() {
+        if size <= limit || pool.is_closed() {
             continue;
         }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -89,6 +88,7 @@ impl Db {
         url: Option<&str>,
         data_dir: &Path,
         max_connections: u32,
+        wal: embedded_db::WalLimit,
     ) -> anyhow::Result<Db> {
         let acquire = Duration::from_secs(5);
         match url {
@@ -111,13 +111,13 @@ impl Db {
             }
             Some(url) if url.starts_with("sqlite:") => {
                 let options = SqliteConnectOptions::from_str(url).context("SQLite URL")?;
-                Self::sqlite(options, max_connections, acquire).await
+                Self::sqlite(options, max_connections, acquire, wal).await
             }
             Some(_) => anyhow::bail!("the database URL must start with postgres:// or sqlite:"),
             None => {
                 embedded_db::private_dir(data_dir)?;
                 let options = SqliteConnectOptions::new().filename(data_dir.join("auth.db"));
-                Self::sqlite(options, max_connections, acquire).await
+                Self::sqlite(options, max_connections, acquire, wal).await
             }
         }
     }
@@ -126,6 +126,7 @@ impl Db {
         options: SqliteConnectOptions,
         max_connections: u32,
         acquire: Duration,
+        wal: embedded_db::WalLimit,
     ) -> anyhow::Result<Db> {
         let options = options
             .create_if_missing(true)
@@ -138,7 +139,7 @@ impl Db {
                 "journal_size_limit",
                 embedded_db::WAL_LIMIT_BYTES.to_string(),
             );
-        let wal = {
+        let wal_file = {
             let mut wal = options.get_filename().as_os_str().to_owned();
             wal.push("-wal");
             std::path::PathBuf::from(wal)
@@ -149,7 +150,7 @@ impl Db {
             .connect_with(options)
             .await
             .context("opening SQLite")?;
-        tokio::spawn(bound_wal(pool.clone(), wal));
+        tokio::spawn(bound_wal(pool.clone(), wal_file, wal.bytes));
         Ok(Db::Sqlite(pool))
     }
 

@@ -215,7 +215,7 @@ async fn aggregator(
     anyhow::ensure!(bin.exists(), "{} not found", bin.display());
     let data = tempfile::tempdir()?;
     // The embedded sink serves SSE, which checks chat membership in chat.db.
-    chat_service::store::sqlite::SqliteStore::open(data.path())
+    chat_service::store::sqlite::SqliteStore::open(data.path(), Default::default())
         .await?
         .close()
         .await;
@@ -263,6 +263,7 @@ async fn aggregator(
         aggregator::sink::embedded::FeedRetention {
             max_bytes: 128 << 20,
         },
+        Default::default(),
     )
     .await?;
     for (chat, want) in expected {

@@ -94,6 +94,10 @@ pub struct StoreConfig {
     )]
     pub kind: StoreKind,
 
+    /// The WAL bound of the embedded store.
+    #[command(flatten)]
+    pub wal: embedded_db::WalLimit,
+
     /// CQL contact points, comma-separated `host:port`.
     #[arg(
         long,
@@ -193,6 +197,7 @@ mod tests {
     fn the_command_line_is_well_formed_and_limits_positive_by_type() {
         service_kit::config::assert_well_formed::<super::Config>(&[
             "--max-connections",
+            "--wal-max-bytes",
             "--header-read-timeout-ms",
             "--send-rate-per-sec",
             "--send-burst",

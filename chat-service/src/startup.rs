@@ -71,11 +71,14 @@ impl AppState {
         let mut outbox: Option<OutboxLog> = None;
         let store: Arc<dyn MessageStore> = match config.store.kind {
             StoreKind::Embedded if config.log.kind == LogKind::Embedded => {
-                let (store, log) = SqliteStore::open_with_outbox(&config.data_dir).await?;
+                let (store, log) =
+                    SqliteStore::open_with_outbox(&config.data_dir, config.store.wal).await?;
                 outbox = Some(log);
                 Arc::new(store)
             }
-            StoreKind::Embedded => Arc::new(SqliteStore::open(&config.data_dir).await?),
+            StoreKind::Embedded => {
+                Arc::new(SqliteStore::open(&config.data_dir, config.store.wal).await?)
+            }
             #[cfg(not(feature = "cql"))]
             StoreKind::Cql => anyhow::bail!(service_kit::config::not_built("--store cql", "cql")),
             #[cfg(feature = "cql")]

@@ -145,7 +145,7 @@ type Job = Box<dyn FnOnce(&rusqlite::Connection) -> (bool, Reply) + Send>;
 /// and would hold up every write queued behind it): a thread of its own does
 /// a passive checkpoint every [`CHECKPOINT_EVERY`], alongside the writes.
 /// Passive checkpoints never start the WAL over while writes keep coming, so
-/// when the WAL file passes its limit ([`WAL_LIMIT_BYTES`] by default) that
+/// when the WAL file passes its [`WalLimit`] that
 /// thread runs a truncating one: it holds writes back while readers of the
 /// old WAL finish (at most [`TRUNCATE_WAIT`]), then empties the file.
 #[derive(Clone)]
@@ -159,8 +159,29 @@ pub struct GroupWriter {
 /// How often the WAL is checkpointed, off the write path.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// Size of the WAL file past which it is checkpointed and emptied.
+/// Size of the WAL file past which it is checkpointed and emptied, unless
+/// [`WalLimit`] says otherwise.
 pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How large an embedded database's write-ahead log may grow: every binary
+/// with an embedded SQLite database has this flag.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct WalLimit {
+    /// Bytes past which an embedded SQLite database's WAL file is
+    /// checkpointed and emptied (it can pass this by what is written in
+    /// half a second, and while readers of the old WAL finish).
+    #[arg(long = "wal-max-bytes", env = "WAL_MAX_BYTES", default_value_t = WAL_LIMIT_BYTES,
+          value_parser = clap::value_parser!(u64).range(64 * 1024..))]
+    pub bytes: u64,
+}
+
+impl Default for WalLimit {
+    fn default() -> Self {
+        Self {
+            bytes: WAL_LIMIT_BYTES,
+        }
+    }
+}
 
 /// Longest a truncating checkpoint waits for readers (and holds writes
 /// back); if they are not done by then, it is tried again a tick later.
@@ -215,17 +236,13 @@ impl GroupWriter {
     /// Starts the writer thread on the database at `path` (already
     /// [`migrate`]d). It ends when every clone of the returned writer is gone
     /// and the queue is empty.
-    pub fn spawn(name: &'static str, path: &Path, max_group: usize) -> anyhow::Result<Self> {
-        Self::spawn_with_wal_limit(name, path, max_group, WAL_LIMIT_BYTES)
-    }
-
-    /// [`GroupWriter::spawn`] with the WAL file kept near `wal_limit` bytes.
-    pub fn spawn_with_wal_limit(
+    pub fn spawn(
         name: &'static str,
         path: &Path,
         max_group: usize,
-        wal_limit: u64,
+        wal: WalLimit,
     ) -> anyhow::Result<Self> {
+        let wal_limit = wal.bytes;
         let mut conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -397,7 +414,7 @@ mod tests {
         let path = dir.join("x.db");
         migrate(&path, MIGRATIONS).await.expect("migrate");
         assert_eq!(mode(&dir), 0o700);
-        let writer = GroupWriter::spawn("x.db", &path, 8).expect("writer");
+        let writer = GroupWriter::spawn("x.db", &path, 8, WalLimit::default()).expect("writer");
         writer
             .write(|c| -> Result<(), TestError> {
                 c.execute("INSERT INTO rows (n) VALUES (1)", [])?;
@@ -445,7 +462,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");
         migrate(&path, MIGRATIONS).await.expect("migrate");
-        let writer = GroupWriter::spawn("t.db", &path, 16).expect("writer");
+        let writer = GroupWriter::spawn("t.db", &path, 16, WalLimit::default()).expect("writer");
         let outcomes = futures::future::join_all((0..200).map(|n| {
             let writer = writer.clone();
             tokio::spawn(async move { (n, writer.write(move |c| apply(c, n)).await) })
@@ -547,7 +564,8 @@ mod tests {
         let path = dir.path().join("w.db");
         let wal = dir.path().join("w.db-wal");
         migrate(&path, BLOBS).await.expect("migrate");
-        let writer = GroupWriter::spawn_with_wal_limit("w.db", &path, 16, LIMIT).expect("writer");
+        let writer =
+            GroupWriter::spawn("w.db", &path, 16, WalLimit { bytes: LIMIT }).expect("writer");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Two readers whose read transactions overlap: one is always open.
         let readers: Vec<_> = (0..2u64)

@@ -189,10 +189,11 @@ impl EmbeddedSink {
         data_dir: &Path,
         ttl: Duration,
         retention: FeedRetention,
+        wal: embedded_db::WalLimit,
     ) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         embedded_db::migrate(&path, MIGRATIONS).await?;
-        let write = GroupWriter::spawn("realtime.db", &path, GROUP)?;
+        let write = GroupWriter::spawn("realtime.db", &path, GROUP, wal)?;
         let read = ReadPool::open(&path, 4).await?;
         let (changes, _) = broadcast::channel(LIVE_CHANGES);
         Ok(Self {

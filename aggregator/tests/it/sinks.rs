@@ -165,7 +165,7 @@ async fn suite(sink: Arc<dyn Sink>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_sink() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = EmbeddedSink::open(dir.path(), TTL, RETAIN)
+    let sink = EmbeddedSink::open(dir.path(), TTL, RETAIN, Default::default())
         .await
         .expect("open");
     suite(Arc::new(sink)).await;
@@ -186,9 +186,14 @@ async fn firestore_sink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_embedded_documents_are_removed_with_a_change() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = EmbeddedSink::open(dir.path(), Duration::from_secs(60), RETAIN)
-        .await
-        .expect("open");
+    let sink = EmbeddedSink::open(
+        dir.path(),
+        Duration::from_secs(60),
+        RETAIN,
+        Default::default(),
+    )
+    .await
+    .expect("open");
     let mut live = sink.feed().subscribe();
     let ids = TimeUuidGenerator::new();
     let chat = Uuid::new_v4();
@@ -227,9 +232,14 @@ async fn expired_embedded_documents_are_removed_with_a_change() {
 async fn the_change_feed_stays_within_its_byte_bound() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bound = 64 * 1024;
-    let sink = EmbeddedSink::open(dir.path(), TTL, FeedRetention { max_bytes: bound })
-        .await
-        .expect("open");
+    let sink = EmbeddedSink::open(
+        dir.path(),
+        TTL,
+        FeedRetention { max_bytes: bound },
+        Default::default(),
+    )
+    .await
+    .expect("open");
     let ids = TimeUuidGenerator::new();
     let chat = Uuid::new_v4();
     let mut versions = Vec::new();

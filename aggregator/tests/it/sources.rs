@@ -103,7 +103,9 @@ async fn kafka_source() {
 async fn embedded_source() {
     let data = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = data.path().into();
-    let (store, _log) = SqliteStore::open_with_outbox(&dir).await.expect("store");
+    let (store, _log) = SqliteStore::open_with_outbox(&dir, Default::default())
+        .await
+        .expect("store");
     let users = [UserId::from(Uuid::new_v4()), Uuid::new_v4().into()];
     let ids = TimeUuidGenerator::new();
     let name = |id: UserId| (id, id.uuid().simple().to_string());

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use chat_events::{ChatEventType, ChatId, ChatKind, Event, ReadUpdated, TimeUuid, UserId};
-use embedded_db::{GroupError, GroupWriter, Migration, ReadError, ReadPool};
+use embedded_db::{GroupError, GroupWriter, Migration, ReadError, ReadPool, WalLimit};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
@@ -82,21 +82,27 @@ impl From<ReadError> for StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) `chat.db` in `data_dir` and migrates it;
     /// messages go to another log.
-    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        Self::open_inner(data_dir, false).await
+    pub async fn open(data_dir: &Path, wal: WalLimit) -> anyhow::Result<Self> {
+        Self::open_inner(data_dir, false, wal).await
     }
 
     /// Like [`SqliteStore::open`], and the store appends each new message's
     /// event to its outbox: the embedded log, whose send side is the
     /// returned [`OutboxLog`] (see [`crate::outbox`]).
-    pub async fn open_with_outbox(data_dir: &Path) -> anyhow::Result<(Self, OutboxLog)> {
-        Ok((Self::open_inner(data_dir, true).await?, OutboxLog::new()))
+    pub async fn open_with_outbox(
+        data_dir: &Path,
+        wal: WalLimit,
+    ) -> anyhow::Result<(Self, OutboxLog)> {
+        Ok((
+            Self::open_inner(data_dir, true, wal).await?,
+            OutboxLog::new(),
+        ))
     }
 
-    async fn open_inner(data_dir: &Path, outbox: bool) -> anyhow::Result<Self> {
+    async fn open_inner(data_dir: &Path, outbox: bool, wal: WalLimit) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         embedded_db::migrate(&path, MIGRATIONS).await?;
-        let write = GroupWriter::spawn("chat.db", &path, GROUP)?;
+        let write = GroupWriter::spawn("chat.db", &path, GROUP, wal)?;
         let read = ReadPool::open(&path, READERS).await?;
         Ok(Self {
             read,
@@ -841,7 +847,9 @@ mod tests {
                 .expect("message");
             }
         }
-        let store = SqliteStore::open(dir.path()).await.expect("upgrade");
+        let store = SqliteStore::open(dir.path(), WalLimit::default())
+            .await
+            .expect("upgrade");
         let history = store.history(chat, None, 10).await.expect("history");
         let texts: Vec<&str> = history
             .iter()

@@ -21,7 +21,7 @@ type Store = Arc<dyn MessageStore>;
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _outbox) = SqliteStore::open_with_outbox(dir.path())
+    let (store, _outbox) = SqliteStore::open_with_outbox(dir.path(), Default::default())
         .await
         .expect("open");
     (Arc::new(store), dir)
