@@ -211,6 +211,7 @@ mod tests {
             "--max-connections",
             "--wal-max-bytes",
             "--header-read-timeout-ms",
+            "--write-stall-timeout-ms",
             "--batch-max-count",
             "--flush-interval-ms",
             "--embedded-poll-ms",

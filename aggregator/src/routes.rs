@@ -42,6 +42,10 @@ use chat_service::outbox::OutboxReader;
 /// Newest batches sent when a stream starts; older ones come from history.
 pub const SNAPSHOT_BATCHES: i64 = 50;
 
+/// Documents a stream reads from the store at once, catching up or sending
+/// its snapshot.
+const PAGE: i64 = 8;
+
 /// A batch document as a stream's `added` and `modified` events carry it.
 pub type StreamBatch = BatchDoc<'static, Rfc3339>;
 
@@ -457,25 +461,33 @@ async fn follow(
 }
 
 /// Sends what the client lacks; returns the newest version it now has, or
-/// `None` if the client is gone or the store failed.
+/// `None` if the client is gone or the store failed. Reads [`PAGE`]
+/// documents at a time: a stream whose client does not read holds at most
+/// that many beyond its queue, however far behind it is.
 async fn catch_up(store: &Feed, chat: Uuid, resume: Option<i64>, queue: &Queue) -> Option<i64> {
     if let Some(from) = resume {
-        let reason = match store.changes_since(chat, from).await {
-            Ok(Resume::Changes(changes)) => {
-                let mut last = from;
-                for c in changes {
-                    last = c.version;
-                    if !queue.change(c.kind, c.version, &c.doc).await {
-                        return None;
+        let mut last = from;
+        let reason = loop {
+            match store.changes_since(chat, last, PAGE).await {
+                Ok(Resume::Changes(changes)) => {
+                    let more = changes.len() == PAGE as usize;
+                    for c in changes {
+                        last = c.version;
+                        if !queue.change(c.kind, c.version, &c.doc).await {
+                            return None;
+                        }
+                    }
+                    if !more {
+                        return Some(last);
                     }
                 }
-                return Some(last);
-            }
-            Ok(Resume::TooOld) => "cursor_too_old",
-            Ok(Resume::Ahead) => "cursor_ahead",
-            Err(e) => {
-                tracing::error!(error = %e, "reading the change feed");
-                return None;
+                // Also when the feed was pruned past `last` between pages.
+                Ok(Resume::TooOld) => break "cursor_too_old",
+                Ok(Resume::Ahead) => break "cursor_ahead",
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the change feed");
+                    return None;
+                }
             }
         };
         let data = format!(r#"{{"reason":"{reason}"}}"#);
@@ -487,21 +499,31 @@ async fn catch_up(store: &Feed, chat: Uuid, resume: Option<i64>, queue: &Queue) 
             return None;
         }
     }
-    match store.snapshot(chat, SNAPSHOT_BATCHES).await {
-        Ok((docs, version)) => {
-            for doc in &docs {
-                if !queue
-                    .change(ChangeKind::Added, version, &doc.to_string())
-                    .await
-                {
-                    return None;
-                }
-            }
-            Some(version)
-        }
+    let (mut seq, version) = match store.snapshot_start(chat, SNAPSHOT_BATCHES).await {
+        Ok((Some(seq), version)) => (seq, version),
+        Ok((None, version)) => return Some(version),
         Err(e) => {
             tracing::error!(error = %e, "reading the snapshot");
-            None
+            return None;
+        }
+    };
+    loop {
+        let docs = match store.batches_from(chat, seq, PAGE).await {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the snapshot");
+                return None;
+            }
+        };
+        let more = docs.len() == PAGE as usize;
+        for (at, doc) in docs {
+            seq = at + 1;
+            if !queue.change(ChangeKind::Added, version, &doc).await {
+                return None;
+            }
+        }
+        if !more {
+            return Some(version);
         }
     }
 }

@@ -156,6 +156,7 @@ mod tests {
             "--max-connections",
             "--wal-max-bytes",
             "--header-read-timeout-ms",
+            "--write-stall-timeout-ms",
             "--database-max-connections",
             "--access-token-ttl-secs",
             "--refresh-token-ttl-secs",

@@ -199,6 +199,7 @@ mod tests {
             "--max-connections",
             "--wal-max-bytes",
             "--header-read-timeout-ms",
+            "--write-stall-timeout-ms",
             "--send-rate-per-sec",
             "--send-burst",
             "--kafka-partitions",

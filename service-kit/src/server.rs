@@ -40,6 +40,13 @@ pub struct ConnectionLimits {
     /// an idle keep-alive one); past it the connection is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value = "10000")]
     pub header_read_timeout_ms: std::num::NonZeroU64,
+
+    /// Milliseconds a write to a client may wait for the client to read
+    /// (its receive window full, no byte taken); past it the connection is
+    /// closed. A client that stops reading a response or a stream so frees
+    /// its connection and the buffers behind it.
+    #[arg(long, env = "WRITE_STALL_TIMEOUT_MS", default_value = "30000")]
+    pub write_stall_timeout_ms: std::num::NonZeroU64,
 }
 
 impl Default for ConnectionLimits {
@@ -112,6 +119,10 @@ impl Listener {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(Duration::from_millis(
+                limits.write_stall_timeout_ms.get(),
+            )));
             let service =
                 router
                     .clone()
@@ -120,7 +131,10 @@ impl Listener {
                         request
                     });
             let connection = http
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection(
+                    TokioIo::new(Box::pin(stream)),
+                    TowerToHyperService::new(service),
+                )
                 .with_upgrades();
             let mut stopping = stopping.clone();
             tokio::spawn(async move {
@@ -321,10 +335,20 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr();
-        let router = Router::new().route(
-            "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-        );
+        let router = Router::new()
+            .route(
+                "/peer",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+            )
+            .route(
+                "/endless",
+                get(|| async {
+                    let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+                    axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+                        Ok::<_, std::convert::Infallible>(chunk.clone())
+                    }))
+                }),
+            );
         let (stop, mut stopped) = watch::channel(());
         tokio::spawn(listener.serve(router, limits, async move {
             let _ = stopped.changed().await;
@@ -336,6 +360,7 @@ mod tests {
         ConnectionLimits {
             max_connections,
             header_read_timeout_ms: header_read_timeout_ms.try_into().expect("positive"),
+            write_stall_timeout_ms: 30_000.try_into().expect("positive"),
         }
     }
 
@@ -475,10 +500,39 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_disconnected_after_the_write_stall_timeout() {
+        let mut limits = limits(10, 10_000);
+        limits.write_stall_timeout_ms = 500.try_into().expect("positive");
+        let (addr, _stop) = serving(limits).await;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut s = socket.connect(addr).await.expect("connect");
+        s.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        // Not reading: the server's writes stall, then it gives up.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut sink = vec![0u8; 64 * 1024];
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut total = 0usize;
+            loop {
+                match s.read(&mut sink).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await
+        .expect("the connection of a client that stopped reading is closed");
+        assert!(drained > 0, "the response had started");
+    }
+
     #[test]
     fn the_default_limits_are_the_flags_defaults() {
         let d = ConnectionLimits::default();
         assert_eq!(d.max_connections, 10_000);
         assert_eq!(d.header_read_timeout_ms.get(), 10_000);
+        assert_eq!(d.write_stall_timeout_ms.get(), 30_000);
     }
 }

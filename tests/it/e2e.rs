@@ -7,33 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use testkit::{SseEvent, SseReader};
 
-struct Server {
-    process: testkit::Process,
-    base: String,
-}
-
-impl Server {
-    fn start(data: &std::path::Path) -> Self {
-        Self::start_with_env(data, &[])
-    }
-
-    /// [`Self::start`] with extra environment variables.
-    fn start_with_env(data: &std::path::Path, env: &[(&str, &str)]) -> Self {
-        let port = testkit::free_port();
-        let mut command = testkit::service_command(env!("CARGO_BIN_EXE_chat-backend"), port, data);
-        command.envs(env.iter().copied());
-        Self {
-            process: testkit::Process::spawn("chat-backend", &mut command, Some(port)),
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// SIGTERM and wait: a graceful stop.
-    fn stop(mut self) {
-        let status = self.process.stop();
-        assert!(status.success(), "chat-backend exited with {status}");
-    }
-}
+use crate::support::Server;
 
 struct User {
     id: String,

@@ -6,3 +6,5 @@
 
 mod distributed;
 mod e2e;
+mod hostile;
+mod support;

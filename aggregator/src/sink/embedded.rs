@@ -55,7 +55,7 @@ pub struct FeedRetention {
 }
 /// Live changes buffered for SSE streams; a stream that falls further behind
 /// replays from the `changes` table instead.
-const LIVE_CHANGES: usize = 256;
+const LIVE_CHANGES: usize = 32;
 /// Most writes committed in one transaction.
 const GROUP: usize = 128;
 
@@ -309,10 +309,57 @@ impl Feed {
         Ok((docs, latest.unwrap_or(0).max(newest)))
     }
 
-    /// The chat's changes after `version`, oldest first; or that changes
-    /// that old are no longer kept, or that `version` is newer than any
-    /// change (a cursor this feed never gave out).
-    pub async fn changes_since(&self, chat: Uuid, version: i64) -> Result<Resume, SinkError> {
+    /// Where a snapshot of the chat's newest `limit` batches starts (the
+    /// `seq` of its oldest; `None` for a chat with none), and the feed's
+    /// version it shows at least. Read it with [`Feed::batches_from`], a
+    /// page at a time: a document read later may be newer, never older.
+    pub async fn snapshot_start(
+        &self,
+        chat: Uuid,
+        limit: i64,
+    ) -> Result<(Option<i64>, i64), SinkError> {
+        self.scan(move |c| {
+            let latest: Option<i64> = c
+                .prepare_cached("SELECT MAX(version) FROM changes")?
+                .query_row([], |r| r.get(0))?;
+            let start: Option<i64> = c
+                .prepare_cached(
+                    "SELECT MIN(seq) FROM (SELECT seq FROM batches WHERE chat_id = ?1 \
+                     ORDER BY seq DESC LIMIT ?2)",
+                )?
+                .query_row(params![chat, limit], |r| r.get(0))?;
+            Ok((start, latest.unwrap_or(0)))
+        })
+        .await
+    }
+
+    /// Up to `page` of the chat's batch documents from `seq` on, oldest
+    /// first: each `seq` and document (JSON text).
+    pub async fn batches_from(
+        &self,
+        chat: Uuid,
+        seq: i64,
+        page: i64,
+    ) -> Result<Vec<(i64, String)>, SinkError> {
+        self.scan(move |c| {
+            c.prepare_cached(
+                "SELECT seq, doc FROM batches WHERE chat_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![chat, seq, page], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    /// Up to `limit` of the chat's changes after `version`, oldest first;
+    /// or that changes that old are no longer kept, or that `version` is
+    /// newer than any change (a cursor this feed never gave out).
+    pub async fn changes_since(
+        &self,
+        chat: Uuid,
+        version: i64,
+        limit: i64,
+    ) -> Result<Resume, SinkError> {
         let found = self
             .scan(move |c| {
                 let (oldest, newest): (Option<i64>, Option<i64>) = c
@@ -326,10 +373,10 @@ impl Feed {
                 }
                 let mut query = c.prepare_cached(
                     "SELECT version, kind, doc FROM changes WHERE chat_id = ?1 AND version > ?2 \
-                     ORDER BY version",
+                     ORDER BY version LIMIT ?3",
                 )?;
                 let rows = query
-                    .query_map(params![chat, version], |r| {
+                    .query_map(params![chat, version, limit], |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
                             r.get::<_, String>(1)?,

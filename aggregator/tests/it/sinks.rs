@@ -214,7 +214,7 @@ async fn expired_embedded_documents_are_removed_with_a_change() {
     assert_eq!(sink.newest_batch(chat).await.expect("read"), None);
     let replay = sink
         .feed()
-        .changes_since(chat, added.version)
+        .changes_since(chat, added.version, i64::MAX)
         .await
         .expect("changes")
         .changes()
@@ -272,12 +272,14 @@ async fn the_change_feed_stays_within_its_byte_bound() {
     assert!(rows > 1 && rows < 201, "{rows} changes kept");
     let feed = sink.feed();
     assert!(matches!(
-        feed.changes_since(chat, versions[0]).await.expect("read"),
+        feed.changes_since(chat, versions[0], i64::MAX)
+            .await
+            .expect("read"),
         Resume::TooOld
     ));
     let recent = versions[versions.len() - 3];
     let changes = feed
-        .changes_since(chat, recent)
+        .changes_since(chat, recent, i64::MAX)
         .await
         .expect("read")
         .changes()
@@ -285,5 +287,16 @@ async fn the_change_feed_stays_within_its_byte_bound() {
     assert_eq!(
         changes.iter().map(|c| c.version).collect::<Vec<_>>(),
         versions[versions.len() - 2..]
+    );
+    // Read a page at a time.
+    let page = feed
+        .changes_since(chat, recent, 1)
+        .await
+        .expect("read")
+        .changes()
+        .expect("kept");
+    assert_eq!(
+        page.iter().map(|c| c.version).collect::<Vec<_>>(),
+        versions[versions.len() - 2..versions.len() - 1]
     );
 }
