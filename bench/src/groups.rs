@@ -111,7 +111,7 @@ pub(crate) async fn groups_phase(
         "{} concurrent clients, {:?}; every chat with a last message and an unread count",
         f.concurrency, plan.phase
     );
-    let name = format!("GET /chats with {} chats", plan.listed_chats);
+    let name = format!("GET /chats (first page) with {} chats", plan.listed_chats);
     figures.push(figure(
         &format!("{name} req/s"),
         large.rate(),

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, ClientMessageId, MessageText, Quantity, TextError, Title};
 use crate::error::{Error, Result};
-use crate::store::{ChatSummary, Inserted, Item, Member, Message, Role, TimelineEvent};
+use crate::store::{ChatCursor, ChatSummary, Inserted, Item, Member, Message, Role, TimelineEvent};
 use crate::AppState;
 
 /// The API routes alone (no probes, metrics or OpenAPI), for embedding.
@@ -159,6 +159,22 @@ pub struct ChatOut {
 pub struct ChatList {
     /// Most recently active first.
     pub chats: Vec<ChatOut>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Most chats on one page of `GET /chats`.
+pub const MAX_CHATS_PER_PAGE: usize = 500;
+/// Chats on a page when `limit` is not given.
+pub const DEFAULT_CHATS_PER_PAGE: usize = 100;
+
+#[derive(Deserialize, IntoParams)]
+pub struct ChatListParams {
+    /// 1–500, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page (opaque); absent: the first page.
+    pub cursor: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -478,12 +494,43 @@ async fn start_chat(
     Ok((status, Json(chat_out(&summary))))
 }
 
-/// The caller's chats, most recently active first.
-#[utoipa::path(get, path = "/chats", security(("bearer" = [])), responses((status = 200, body = ChatList)))]
-async fn list_chats(State(state): State<AppState>, caller: AuthUser) -> Result<Json<ChatList>> {
-    let chats = state.chats.chats_of(caller.id.into()).await?;
+/// The caller's chats, most recently active first, a page at a time.
+///
+/// Follow `next_cursor` for the rest. A chat that becomes active while
+/// you page moves to the front: it is on a page already read (reload the
+/// first page to see it there), and one page may then show a chat again.
+#[utoipa::path(get, path = "/chats", params(ChatListParams), security(("bearer" = [])), responses(
+    (status = 200, body = ChatList),
+    (status = 400, description = "limit outside 1–500, or not a cursor this list gave out"),
+))]
+async fn list_chats(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(params): Query<ChatListParams>,
+) -> Result<Json<ChatList>> {
+    let limit = match params.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => DEFAULT_CHATS_PER_PAGE,
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|l| (1..=MAX_CHATS_PER_PAGE).contains(l))
+            .ok_or_else(|| {
+                Error::BadRequest(
+                    "invalid_limit",
+                    format!("limit must be 1 to {MAX_CHATS_PER_PAGE}"),
+                )
+            })?,
+    };
+    let after = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(raw) => Some(ChatCursor::parse(raw).ok_or_else(|| {
+            Error::BadRequest("invalid_cursor", "not a cursor of this list".into())
+        })?),
+    };
+    let (chats, next) = state.chats.chats_of(caller.id.into(), after, limit).await?;
     Ok(Json(ChatList {
         chats: chats.iter().map(chat_out).collect(),
+        next_cursor: next.map(|c| c.encode()),
     }))
 }
 

@@ -35,8 +35,8 @@ use crate::domain::{ClientMessageId, MessageText, Quantity, Title};
 use crate::error::{Error, Result};
 use crate::log::MessageLog;
 use crate::store::{
-    Added, Changed, Chat, ChatEventType, ChatKind, ChatSummary, Inserted, Item, Member, Message,
-    MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent,
+    Added, Changed, Chat, ChatCursor, ChatEventType, ChatKind, ChatSummary, ChatsPage, Inserted,
+    Item, Member, Message, MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent,
 };
 use crate::users::UserDirectory;
 
@@ -387,9 +387,26 @@ impl ChatService {
         )
     }
 
-    /// The caller's chats, most recently active first.
-    pub async fn chats_of(&self, caller: UserId) -> Result<Vec<ChatSummary>> {
-        Ok(self.store.chats_of(caller).await?)
+    /// Up to `limit` of the caller's chats after `after`, most recently
+    /// active first, and where the next page starts (`None`: no more).
+    pub async fn chats_of(
+        &self,
+        caller: UserId,
+        after: Option<ChatCursor>,
+        limit: usize,
+    ) -> Result<(Vec<ChatSummary>, Option<ChatCursor>)> {
+        let page = ChatsPage {
+            after,
+            limit: limit.saturating_add(1),
+        };
+        let mut chats = self.store.chats_of(caller, page).await?;
+        let next = if chats.len() > limit {
+            chats.truncate(limit);
+            chats.last().map(ChatCursor::of)
+        } else {
+            None
+        };
+        Ok((chats, next))
     }
 
     /// The chat `raw_id` if the caller is a member; otherwise (or if it is

@@ -28,6 +28,7 @@ pub mod layers;
 pub mod metrics;
 pub mod openapi;
 pub mod probes;
+mod raw_errors;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

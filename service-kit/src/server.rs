@@ -132,7 +132,7 @@ impl Listener {
                     });
             let connection = http
                 .serve_connection(
-                    TokioIo::new(Box::pin(stream)),
+                    TokioIo::new(crate::raw_errors::JsonRawErrors::new(Box::pin(stream))),
                     TowerToHyperService::new(service),
                 )
                 .with_upgrades();
@@ -498,6 +498,24 @@ mod tests {
             TcpStream::connect(addr).await.is_err(),
             "no longer accepting"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_hyper_cannot_parse_get_a_json_400() {
+        let (addr, _stop) = serving(limits(100, 10_000)).await;
+        for request in [
+            &b"GET /peer HTTP/1.1\r\nnot a header\r\n\r\n"[..],
+            b"GET /peer HTTP/1.1\r\nhost: x\r\nbad header name: y\r\n\r\n",
+        ] {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(request).await.expect("write");
+            let answer = until_closed(&mut s, Duration::from_secs(5)).await;
+            let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+            assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+            assert!(head.contains("content-type: application/json"), "{answer}");
+            let body: serde_json::Value = serde_json::from_str(body).expect("json");
+            assert_eq!(body["error"]["code"], "bad_request");
+        }
     }
 
     #[tokio::test]

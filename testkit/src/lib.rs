@@ -520,6 +520,31 @@ pub async fn assert_cors(base: &str, path: &str, allowed: Option<&str>, refused:
     );
 }
 
+/// `GET {base}/metrics`: the Prometheus text.
+pub async fn scrape(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// The sum of the samples of metric `name` (all its label sets) in a
+/// scrape; 0 when it has none yet.
+pub fn metric_value(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Asserts that a `/metrics` scrape describes every metric family (a
 /// `# HELP` line for each `# TYPE`) and carries the process metrics.
 pub fn assert_metrics_described(scrape: &str) {

@@ -16,6 +16,15 @@ use tokio::net::TcpStream;
 
 use crate::support::Server;
 
+/// The binary on a fresh data directory with `env`, a client, and the
+/// server's base URL.
+fn start(env: &[(&str, &str)]) -> (tempfile::TempDir, Server, reqwest::Client, String) {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_env(data.path(), env);
+    let base = server.base.clone();
+    (data, server, reqwest::Client::new(), base)
+}
+
 /// A response read off a raw connection.
 #[derive(Debug)]
 struct Raw {
@@ -167,25 +176,14 @@ fn random_method(len: usize) -> String {
 async fn unknown_methods_and_oversized_heads_leave_memory_and_metrics_bounded() {
     const PEAK_MIB: f64 = 48.0;
     const AFTER_MIB: f64 = 24.0;
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(data.path());
-    let http = reqwest::Client::new();
-    let base = server.base.clone();
+    let (_data, server, http, base) = start(&[]);
     for _ in 0..50 {
         http.get(format!("{base}/healthz"))
             .send()
             .await
             .expect("warm");
     }
-    let scrape = || async {
-        http.get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    };
+    let scrape = || testkit::scrape(&http, &base);
     let metrics_before = scrape().await.len();
     let before = server.rss_mib();
     let rss = RssPeak::watch(&server);
@@ -236,6 +234,7 @@ async fn unknown_methods_and_oversized_heads_leave_memory_and_metrics_bounded() 
                 "a 200 KB request head was answered {}",
                 answer.status
             );
+            answer.error_code();
         }
         assert!(
             closed_within(conn.get_mut(), Duration::from_secs(5))
@@ -315,18 +314,12 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
     const MESSAGES: usize = 300;
     const PEAK_MIB: f64 = 128.0;
     const AFTER_MIB: f64 = 80.0;
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(
-        data.path(),
-        &[
-            ("SEND_RATE_PER_SEC", "1000"),
-            ("SEND_BURST", "1000"),
-            ("STREAM_STALL_TIMEOUT_MS", "2000"),
-            ("WRITE_STALL_TIMEOUT_MS", "3000"),
-        ],
-    );
-    let http = reqwest::Client::new();
-    let base = server.base.clone();
+    let (_data, server, http, base) = start(&[
+        ("SEND_RATE_PER_SEC", "1000"),
+        ("SEND_BURST", "1000"),
+        ("STREAM_STALL_TIMEOUT_MS", "2000"),
+        ("WRITE_STALL_TIMEOUT_MS", "3000"),
+    ]);
     let [alice, bob] = users(&http, &base, ["alice", "bob"]).await;
     let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
     let emoji = "😀".repeat(3995);
@@ -373,26 +366,30 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
         .expect("stream");
     assert_eq!(reader.status(), 200);
     let mut reader = testkit::SseReader::new(reader);
+    let last = format!("n{:03} ", HISTORY + MESSAGES - 1);
+    // It reads all along, as the messages are sent.
+    let reading = tokio::spawn(async move {
+        while let Some(event) = reader.next(Duration::from_secs(10)).await {
+            if event.data.contains(&last) {
+                return true;
+            }
+        }
+        false
+    });
 
     let start = Instant::now();
     for n in HISTORY..HISTORY + MESSAGES {
         assert_eq!(send(n).await.expect("send").status(), 201);
     }
     eprintln!("{MESSAGES} sent in {:?}", start.elapsed());
-    let last = format!("n{:03} ", HISTORY + MESSAGES - 1);
-    let mut delivered = false;
-    while let Some(event) = reader.next(Duration::from_secs(10)).await {
-        if event.data.contains(&last) {
-            delivered = true;
-            break;
-        }
-    }
-    assert!(delivered, "the reading stream did not get the last message");
+    assert!(
+        reading.await.expect("reader"),
+        "the reading stream did not get the last message"
+    );
     eprintln!(
         "the reader had the last message after {:?}",
         start.elapsed()
     );
-    drop(reader);
 
     // Every stalled stream ends (stall timeout), and its connection is
     // closed (write stall timeout): the buffers behind it are freed.
@@ -400,7 +397,11 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
     // through a 4 KiB window takes a long time to see the end.)
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let open = open_connections(&http, &base).await;
+        // (this scrape's connection included)
+        let open = testkit::metric_value(
+            &testkit::scrape(&http, &base).await,
+            "http_connections_open",
+        );
         if open <= 2.0 {
             break;
         }
@@ -445,8 +446,7 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
 async fn slow_and_idle_clients_are_cut_off_after_the_header_timeout() {
     const TIMEOUT: Duration = Duration::from_secs(2);
     const SLACK: Duration = Duration::from_millis(1500);
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(data.path(), &[("HEADER_READ_TIMEOUT_MS", "2000")]);
+    let (_data, server, _, _) = start(&[("HEADER_READ_TIMEOUT_MS", "2000")]);
     let target = addr(&server);
 
     let partial = tokio::spawn(async move {
@@ -520,21 +520,16 @@ async fn slow_and_idle_clients_are_cut_off_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_cap_clients_get_a_json_503() {
     const CAP: usize = 16;
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(
-        data.path(),
-        &[
-            ("MAX_CONNECTIONS", "16"),
-            ("HEADER_READ_TIMEOUT_MS", "60000"),
-        ],
-    );
+    let (_data, server, http, _) = start(&[
+        ("MAX_CONNECTIONS", "16"),
+        ("HEADER_READ_TIMEOUT_MS", "60000"),
+    ]);
     let target = addr(&server);
     let mut held = Vec::new();
     for _ in 0..CAP {
         held.push(TcpStream::connect(target).await.expect("connect"));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let http = reqwest::Client::new();
     let refused = http
         .get(format!("{}/healthz", server.base))
         .send()
@@ -588,10 +583,7 @@ async fn login_from(
 /// address (20 an hour).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_victim_logs_in_while_an_attacker_hammers_their_name() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(data.path(), &[("CLIENT_IP_HEADER", "x-forwarded-for")]);
-    let http = reqwest::Client::new();
-    let base = server.base.clone();
+    let (_data, server, http, base) = start(&[("CLIENT_IP_HEADER", "x-forwarded-for")]);
     let register = |name: &'static str, address: &'static str| {
         let http = http.clone();
         let base = base.clone();
@@ -678,18 +670,12 @@ async fn wal_and_change_feed_stay_within_their_bounds_under_sustained_sends() {
     const WAL_PEAK: u64 = 12 * 1024 * 1024;
     const FEED: i64 = 4 * 1024 * 1024;
     const PER_SENDER: usize = 500;
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(
-        data.path(),
-        &[
-            ("SEND_RATE_PER_SEC", "1000"),
-            ("SEND_BURST", "1000"),
-            ("WAL_MAX_BYTES", "1048576"),
-            ("CHANGE_FEED_MAX_BYTES", "4194304"),
-        ],
-    );
-    let http = reqwest::Client::new();
-    let base = server.base.clone();
+    let (data, server, http, base) = start(&[
+        ("SEND_RATE_PER_SEC", "1000"),
+        ("SEND_BURST", "1000"),
+        ("WAL_MAX_BYTES", "1048576"),
+        ("CHANGE_FEED_MAX_BYTES", "4194304"),
+    ]);
     let [a, b, c, d] = users(&http, &base, ["anna", "bert", "cleo", "dave"]).await;
     let chats = [
         testkit::start_chat(&http, &base, &a.token, &b.id).await,
@@ -841,23 +827,6 @@ async fn wal_and_change_feed_stay_within_their_bounds_under_sustained_sends() {
         assert_eq!(count, expected, "messages in {chat}");
     }
     server.stop();
-}
-
-/// `http_connections_open` (this scrape's connection included).
-async fn open_connections(http: &reqwest::Client, base: &str) -> f64 {
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("http_connections_open "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("http_connections_open")
 }
 
 /// Registers and logs in each of `names` (distinct per test binary run: a

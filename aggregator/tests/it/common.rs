@@ -260,16 +260,8 @@ impl AggregatorProcess {
 
     /// A counter from `/metrics` (0 when not yet recorded).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let base = format!("http://127.0.0.1:{}", self.port);
+        testkit::metric_value(&testkit::scrape(&reqwest::Client::new(), &base).await, name)
     }
 }
 

@@ -584,20 +584,8 @@ async fn streams_are_capped_reset_expire_and_cut_off_slow_readers() {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let metrics = s
-            .http
-            .get(format!("http://{}/metrics", s.agg.addr))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let cut_off = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("aggregator_streams_cut_off_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let metrics = testkit::scrape(&s.http, &format!("http://{}", s.agg.addr)).await;
+        let cut_off = testkit::metric_value(&metrics, "aggregator_streams_cut_off_total");
         if cut_off >= 1.0 {
             break;
         }

@@ -56,7 +56,7 @@ use scylla::value::{CqlTimeuuid, CqlValue, Row};
 use uuid::Uuid;
 
 use super::{
-    preview, Added, Changed, Chat, ChatEventType, ChatKind, ChatSummary, Inserted, Item,
+    preview, Added, Changed, Chat, ChatEventType, ChatKind, ChatSummary, ChatsPage, Inserted, Item,
     LastMessage, Member, Message, MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent,
     UNREAD_CAP,
 };
@@ -1202,7 +1202,11 @@ impl MessageStore for CqlStore {
         })
     }
 
-    async fn chats_of(&self, user: UserId) -> Result<Vec<ChatSummary>, StoreError> {
+    async fn chats_of(
+        &self,
+        user: UserId,
+        page: ChatsPage,
+    ) -> Result<Vec<ChatSummary>, StoreError> {
         let rows = self
             .session
             .execute_unpaged(&self.q.select_user_chats, (user.uuid(),))
@@ -1254,8 +1258,14 @@ impl MessageStore for CqlStore {
                 }
             }
         }
+        // No index orders a user's chats by activity: sorted here, then cut
+        // to the page (the answer is bounded, this read is not).
         out.sort_by_key(|s| (std::cmp::Reverse(s.last_activity), s.chat.id));
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .filter(|s| page.after.is_none_or(|c| c.precedes(s)))
+            .take(page.limit)
+            .collect())
     }
 
     async fn insert_message(&self, m: Message, _log: Event) -> Result<Inserted, StoreError> {

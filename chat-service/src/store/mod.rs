@@ -203,6 +203,59 @@ pub struct ChatSummary {
     pub other: Option<Member>,
 }
 
+/// A position in a user's chat list (most recently active first, ties by
+/// id): the chat a page ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatCursor {
+    pub last_activity: i64,
+    pub id: ChatId,
+}
+
+impl ChatCursor {
+    pub fn of(summary: &ChatSummary) -> Self {
+        Self {
+            last_activity: summary.last_activity,
+            id: summary.chat.id,
+        }
+    }
+
+    /// Whether `summary` comes after this position in the list.
+    pub fn precedes(&self, summary: &ChatSummary) -> bool {
+        summary.last_activity < self.last_activity
+            || (summary.last_activity == self.last_activity && summary.chat.id > self.id)
+    }
+
+    /// The cursor as clients see it: opaque text.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.last_activity, self.id.uuid().simple())
+    }
+
+    /// A cursor from [`ChatCursor::encode`]; `None` for anything else.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (at, id) = raw.split_once('.')?;
+        Some(Self {
+            last_activity: at.parse().ok()?,
+            id: ChatId::from_uuid(uuid::Uuid::try_parse(id).ok()?),
+        })
+    }
+}
+
+/// Which of a user's chats to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatsPage {
+    /// Start after this chat; `None`: from the most recently active.
+    pub after: Option<ChatCursor>,
+    pub limit: usize,
+}
+
+impl ChatsPage {
+    /// Every chat, in one list.
+    pub const ALL: Self = Self {
+        after: None,
+        limit: usize::MAX,
+    };
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub id: TimeUuid,
@@ -381,8 +434,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Every member of the chat, in the order they joined.
     async fn members(&self, chat: ChatId) -> Result<Vec<Member>, StoreError>;
 
-    /// The user's chats, most recently active first.
-    async fn chats_of(&self, user: UserId) -> Result<Vec<ChatSummary>, StoreError>;
+    /// Up to `page.limit` of the user's chats after `page.after`, most
+    /// recently active first (ties by id).
+    async fn chats_of(&self, user: UserId, page: ChatsPage)
+        -> Result<Vec<ChatSummary>, StoreError>;
 
     /// One chat of the user's (`None`: no such chat, or not a member).
     async fn chat_summary(

@@ -31,8 +31,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 use super::{
-    preview, Added, Changed, Chat, ChatSummary, Inserted, Item, LastMessage, Member, Message,
-    MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent, UNREAD_CAP,
+    preview, Added, Changed, Chat, ChatSummary, ChatsPage, Inserted, Item, LastMessage, Member,
+    Message, MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent, UNREAD_CAP,
 };
 use crate::domain::{ClientMessageId, MessageText};
 use crate::outbox::OutboxLog;
@@ -694,13 +694,22 @@ impl MessageStore for SqliteStore {
         .await
     }
 
-    async fn chats_of(&self, user: UserId) -> Result<Vec<ChatSummary>, StoreError> {
+    async fn chats_of(
+        &self,
+        user: UserId,
+        page: ChatsPage,
+    ) -> Result<Vec<ChatSummary>, StoreError> {
         // A user's chats can be many: off the async runtime's threads.
+        let (at, id) = page
+            .after
+            .map_or((i64::MAX, None), |c| (c.last_activity, Some(c.id.uuid())));
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
         self.scan(move |c| {
             let mut query = c.prepare_cached(&format!(
-                "{SUMMARY_QUERY} ORDER BY c.last_activity DESC, c.id"
+                "{SUMMARY_QUERY} AND (c.last_activity < ?2 OR (c.last_activity = ?2 AND \
+                 (?3 IS NULL OR c.id > ?3))) ORDER BY c.last_activity DESC, c.id LIMIT ?4"
             ))?;
-            let rows = query.query_map([user.uuid()], summary_from_row)?;
+            let rows = query.query_map(params![user.uuid(), at, id, limit], summary_from_row)?;
             rows.collect()
         })
         .await
@@ -856,7 +865,7 @@ mod tests {
             .filter_map(|i| i.message().map(|m| m.text.as_str()))
             .collect();
         assert_eq!(texts, ["old 2", "old 1", "old 0"]);
-        let listed = store.chats_of(a).await.expect("list");
+        let listed = store.chats_of(a, ChatsPage::ALL).await.expect("list");
         assert_eq!(listed.len(), 1);
         let summary = &listed[0];
         assert_eq!(summary.chat.kind, ChatKind::Direct);
@@ -892,7 +901,10 @@ mod tests {
             ..repeat
         };
         store.insert_message(new, event).await.expect("insert");
-        assert_eq!(store.chats_of(a).await.expect("list")[0].unread, 1);
+        assert_eq!(
+            store.chats_of(a, ChatsPage::ALL).await.expect("list")[0].unread,
+            1
+        );
         assert_eq!(store.members(chat).await.expect("members").len(), 2);
     }
 }

@@ -95,6 +95,44 @@ async fn two_users_chat_and_see_the_same_history() {
         "the chat with the latest message first"
     );
     assert_eq!(chats[0]["other"]["username"], "bob");
+    assert!(list["next_cursor"].is_null(), "one page holds both");
+    // A page at a time.
+    let first: Value = s
+        .get("/chats?limit=1", Some(&alice))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        first["chats"].as_array().map(|c| c[0]["id"].clone()),
+        Some(json!(id))
+    );
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second: Value = s
+        .get(&format!("/chats?limit=1&cursor={cursor}"), Some(&alice))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        second["chats"].as_array().map(|c| c[0]["id"].clone()),
+        Some(json!(other_chat))
+    );
+    assert!(second["next_cursor"].is_null(), "the last page");
+    for (query, code) in [
+        ("limit=0", "invalid_limit"),
+        ("limit=501", "invalid_limit"),
+        ("limit=x", "invalid_limit"),
+        ("cursor=garbage", "invalid_cursor"),
+        ("cursor=1.not-a-uuid", "invalid_cursor"),
+    ] {
+        let r = s.get(&format!("/chats?{query}"), Some(&alice)).await;
+        assert_eq!(
+            testkit::error_code(r, reqwest::StatusCode::BAD_REQUEST).await,
+            code,
+            "{query}"
+        );
+    }
     let bobs: Value = s
         .get("/chats", Some(&bob))
         .await

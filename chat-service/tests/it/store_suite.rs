@@ -11,8 +11,8 @@ use chat_service::domain::{ClientMessageId, MessageText};
 use chat_service::store::cql::{CqlSettings, CqlStore};
 use chat_service::store::sqlite::SqliteStore;
 use chat_service::store::{
-    Added, Changed, ChatEventType, ChatKind, Inserted, Item, Member, Message, MessageStore,
-    NewChat, ReadMark, Role, StoreError, TimelineEvent,
+    Added, Changed, ChatCursor, ChatEventType, ChatKind, ChatsPage, Inserted, Item, Member,
+    Message, MessageStore, NewChat, ReadMark, Role, StoreError, TimelineEvent,
 };
 use scylla::statement::Consistency;
 use uuid::Uuid;
@@ -80,6 +80,7 @@ store_suite!(
     removed_members_are_refused_even_while_sending,
     read_horizons_never_move_back_and_unread_counts_are_exact,
     replies_must_name_a_message_of_the_chat,
+    a_users_chats_page_without_skipping_or_repeating,
 );
 
 /// A fresh random id of either kind.
@@ -208,7 +209,7 @@ async fn chats_are_created_once_and_listed_by_activity(store: Store) {
 
     let ac = direct(&store, &ids, a, c, 1000).await;
     let listed: Vec<ChatId> = store
-        .chats_of(a)
+        .chats_of(a, ChatsPage::ALL)
         .await
         .expect("list")
         .iter()
@@ -219,14 +220,17 @@ async fn chats_are_created_once_and_listed_by_activity(store: Store) {
     let mut m = message(ab, ids.next(), b, None);
     m.text = MessageText::parse("é".repeat(150)).expect("text");
     insert(&store, &m).await.expect("insert");
-    let summaries = store.chats_of(a).await.expect("list");
+    let summaries = store.chats_of(a, ChatsPage::ALL).await.expect("list");
     assert_eq!(summaries[0].chat.id, ab);
     let last = summaries[0].last_message.clone().expect("last message");
     assert_eq!((last.id, last.sender_id), (m.id, b));
     assert_eq!(last.preview, "é".repeat(100));
     assert_eq!(summaries[0].other.as_ref().map(|o| o.id), Some(b));
     assert_eq!(summaries[0].unread, 1);
-    assert_eq!(store.chats_of(b).await.expect("list").len(), 1);
+    assert_eq!(
+        store.chats_of(b, ChatsPage::ALL).await.expect("list").len(),
+        1
+    );
     // One chat alone, as each member sees it; nobody else sees it.
     assert_eq!(
         store.chat_summary(a, ab).await.expect("one"),
@@ -237,7 +241,11 @@ async fn chats_are_created_once_and_listed_by_activity(store: Store) {
     assert_eq!(store.chat_summary(c, ab).await.expect("one"), None);
     assert_eq!(store.membership(ab, c).await.expect("membership"), None);
     assert_eq!(store.chat_summary(a, new_id()).await.expect("one"), None);
-    assert!(store.chats_of(new_id()).await.expect("list").is_empty());
+    assert!(store
+        .chats_of(new_id(), ChatsPage::ALL)
+        .await
+        .expect("list")
+        .is_empty());
     // A direct chat's timeline holds only messages.
     assert_eq!(
         item_ids(&store.history(ab, None, 10).await.expect("history")),
@@ -491,7 +499,11 @@ async fn roles_and_the_owner_leaving(store: Store) {
     }
     assert_eq!(role_of(owner).await, None);
     assert_eq!(role_of(admin).await, Some(Role::Owner));
-    assert!(store.chats_of(owner).await.expect("list").is_empty());
+    assert!(store
+        .chats_of(owner, ChatsPage::ALL)
+        .await
+        .expect("list")
+        .is_empty());
     // Handing over: the new owner, the old one an admin.
     assert!(store
         .set_role(chat, plain, Role::Owner)
@@ -578,7 +590,11 @@ async fn removed_members_are_refused_even_while_sending(store: Store) {
         store.chat_summary(leaver, chat).await.expect("summary"),
         None
     );
-    assert!(store.chats_of(leaver).await.expect("list").is_empty());
+    assert!(store
+        .chats_of(leaver, ChatsPage::ALL)
+        .await
+        .expect("list")
+        .is_empty());
     assert_eq!(
         store
             .mark_read(chat, leaver, history[1].id())
@@ -678,7 +694,7 @@ async fn read_horizons_never_move_back_and_unread_counts_are_exact(store: Store)
         say(&store, &ids, chat, c).await;
     }
     assert_eq!(unread(&store, d, chat).await, 1000);
-    let listed = store.chats_of(d).await.expect("list");
+    let listed = store.chats_of(d, ChatsPage::ALL).await.expect("list");
     assert_eq!(listed[0].unread, 1000);
 }
 
@@ -719,4 +735,44 @@ async fn replies_must_name_a_message_of_the_chat(store: Store) {
         store.history(chat, None, 100).await.expect("history").len(),
         3
     );
+}
+
+/// Eleven chats, four of them created in the same millisecond: pages of
+/// every size from 1 to 12 list them all, in order, once.
+async fn a_users_chats_page_without_skipping_or_repeating(store: Store) {
+    let ids = TimeUuidGenerator::new();
+    let me: UserId = new_id();
+    for n in 0..7 {
+        direct(&store, &ids, me, new_id(), 1000 * (n + 1)).await;
+    }
+    let now = now_ms();
+    for _ in 0..4 {
+        let (new, log) = NewChat::direct(named(me), named(new_id()), now - 500, ids.next());
+        assert!(store.create_chat(new, log).await.expect("create"));
+    }
+    let all: Vec<ChatId> = store
+        .chats_of(me, ChatsPage::ALL)
+        .await
+        .expect("list")
+        .iter()
+        .map(|s| s.chat.id)
+        .collect();
+    assert_eq!(all.len(), 11);
+    for limit in 1..=12 {
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .chats_of(me, ChatsPage { after, limit })
+                .await
+                .expect("page");
+            assert!(page.len() <= limit);
+            paged.extend(page.iter().map(|s| s.chat.id));
+            match page.last() {
+                Some(last) if page.len() == limit => after = Some(ChatCursor::of(last)),
+                _ => break,
+            }
+        }
+        assert_eq!(paged, all, "pages of {limit}");
+    }
 }
