@@ -173,7 +173,9 @@ pub struct ChatListParams {
     /// 1–500, default 100.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
-    /// `next_cursor` of the previous page (opaque); absent: the first page.
+    /// `next_cursor` of the previous page (opaque); absent or empty: the
+    /// first page.
+    #[param(value_type = Option<String>, pattern = r"^([0-9]{1,18}\.[0-9a-f]{32})?$")]
     pub cursor: Option<String>,
 }
 
@@ -508,7 +510,7 @@ async fn list_chats(
     caller: AuthUser,
     Query(params): Query<ChatListParams>,
 ) -> Result<Json<ChatList>> {
-    let limit = match params.limit.as_deref().filter(|l| !l.is_empty()) {
+    let limit = match params.limit.as_deref() {
         None => DEFAULT_CHATS_PER_PAGE,
         Some(raw) => raw
             .parse()

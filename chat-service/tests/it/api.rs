@@ -123,6 +123,7 @@ async fn two_users_chat_and_see_the_same_history() {
         ("limit=0", "invalid_limit"),
         ("limit=501", "invalid_limit"),
         ("limit=x", "invalid_limit"),
+        ("limit=", "invalid_limit"),
         ("cursor=garbage", "invalid_cursor"),
         ("cursor=1.not-a-uuid", "invalid_cursor"),
     ] {
