@@ -335,6 +335,21 @@ impl SseReader {
     }
 }
 
+/// `GET {base}/chat/{chat}/stream` with the bearer `token`: the response,
+/// whatever its status.
+pub async fn open_stream(
+    http: &reqwest::Client,
+    base: &str,
+    chat: &str,
+    token: &str,
+) -> reqwest::Response {
+    http.get(format!("{base}/chat/{chat}/stream"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("stream")
+}
+
 /// The password every test user gets.
 pub const PASSWORD: &str = "password123";
 

@@ -129,12 +129,7 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
     assert_eq!(found["users"][0]["id"], bob.id.as_str());
     let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
 
-    let stream = http
-        .get(format!("{base}/chat/{chat}/stream"))
-        .bearer_auth(&bob.token)
-        .send()
-        .await
-        .expect("stream");
+    let stream = testkit::open_stream(&http, &base, &chat, &bob.token).await;
     assert_eq!(stream.status(), 200);
     let mut bob_sees = SseReader::new(stream);
 
@@ -187,13 +182,7 @@ async fn two_users_chat_through_the_all_in_one_binary_and_a_restart_loses_nothin
         .await
         .expect("json");
     assert_eq!(chats["chats"][0]["id"], chat.as_str());
-    let mut snapshot = SseReader::new(
-        http.get(format!("{base}/chat/{chat}/stream"))
-            .bearer_auth(&bob.token)
-            .send()
-            .await
-            .expect("stream"),
-    );
+    let mut snapshot = SseReader::new(testkit::open_stream(&http, &base, &chat, &bob.token).await);
     let first = next_batch(&mut snapshot).await;
     let second = next_batch(&mut snapshot).await;
     // (`closed` is not asserted: a batch fully written before the reply
@@ -247,13 +236,7 @@ async fn the_all_in_one_ignores_the_services_settings_in_its_environment() {
     let alice = user(&http, &base, "alice", true).await;
     let bob = user(&http, &base, "bob", true).await;
     let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
-    let mut bob_sees = SseReader::new(
-        http.get(format!("{base}/chat/{chat}/stream"))
-            .bearer_auth(&bob.token)
-            .send()
-            .await
-            .expect("stream"),
-    );
+    let mut bob_sees = SseReader::new(testkit::open_stream(&http, &base, &chat, &bob.token).await);
     for text in ["one", "two"] {
         assert_eq!(send(&http, &base, &chat, &alice, text, text).await, 201);
     }

@@ -358,12 +358,7 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
         "streams past the cap are refused"
     );
     // Bob reads his stream: a reader is not held back by those who do not.
-    let reader = http
-        .get(format!("{base}/chat/{chat}/stream"))
-        .bearer_auth(&bob.token)
-        .send()
-        .await
-        .expect("stream");
+    let reader = testkit::open_stream(&http, &base, &chat, &bob.token).await;
     assert_eq!(reader.status(), 200);
     let mut reader = testkit::SseReader::new(reader);
     let last = format!("n{:03} ", HISTORY + MESSAGES - 1);
@@ -426,12 +421,7 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
         "RSS {before:.1} → {after:.1} MiB after"
     );
     // The cap counts open streams only: Alice may open one again.
-    let again = http
-        .get(format!("{base}/chat/{chat}/stream"))
-        .bearer_auth(&alice.token)
-        .send()
-        .await
-        .expect("stream");
+    let again = testkit::open_stream(&http, &base, &chat, &alice.token).await;
     assert_eq!(again.status(), 200);
     drop(again);
     server.stop();
@@ -690,12 +680,7 @@ async fn wal_and_change_feed_stay_within_their_bounds_under_sustained_sends() {
         .await
         .expect("send");
     assert_eq!(first.status(), 201);
-    let stream = http
-        .get(format!("{base}/chat/{}/stream", chats[0]))
-        .bearer_auth(&b.token)
-        .send()
-        .await
-        .expect("stream");
+    let stream = testkit::open_stream(&http, &base, &chats[0], &b.token).await;
     let mut reader = testkit::SseReader::new(stream);
     let cursor = reader
         .next(Duration::from_secs(5))
