@@ -42,15 +42,8 @@ async fn send(
 }
 
 async fn history(http: &reqwest::Client, base: &str, chat: &str, u: &User) -> Vec<String> {
-    let page: Value = http
-        .get(format!("{base}/chat/{chat}?quantity=100"))
-        .bearer_auth(&u.token)
-        .send()
-        .await
-        .expect("history")
-        .json()
-        .await
-        .expect("json");
+    let url = format!("{base}/chat/{chat}?quantity=100");
+    let page = crate::support::get_json(http, &url, &u.token).await;
     page["messages"]
         .as_array()
         .expect("messages")

@@ -157,6 +157,19 @@ fn rss_of(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// RSS (MiB) stayed under `before + peak_mib` during an attack and came
+/// back under `before + after_mib` after it.
+fn assert_rss(before: f64, peak: f64, after: f64, peak_mib: f64, after_mib: f64) {
+    assert!(
+        peak < before + peak_mib,
+        "RSS {before:.1} → peak {peak:.1} MiB"
+    );
+    assert!(
+        after < before + after_mib,
+        "RSS {before:.1} → {after:.1} MiB after"
+    );
+}
+
 /// A method name of `len` characters no one has sent before.
 fn random_method(len: usize) -> String {
     let mut method = String::with_capacity(len + 32);
@@ -260,14 +273,7 @@ async fn unknown_methods_and_oversized_heads_leave_memory_and_metrics_bounded() 
         "/metrics grew from {metrics_before} to {} bytes",
         metrics.len()
     );
-    assert!(
-        peak < before + PEAK_MIB,
-        "RSS {before:.1} → peak {peak:.1} MiB"
-    );
-    assert!(
-        after < before + AFTER_MIB,
-        "RSS {before:.1} → {after:.1} MiB after"
-    );
+    assert_rss(before, peak, after, PEAK_MIB, AFTER_MIB);
     server.stop();
 }
 
@@ -412,14 +418,7 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = server.rss_mib();
     eprintln!("RSS {before:.1} MiB before, peak {peak:.1}, {after:.1} 10 s after");
-    assert!(
-        peak < before + PEAK_MIB,
-        "RSS {before:.1} → peak {peak:.1} MiB"
-    );
-    assert!(
-        after < before + AFTER_MIB,
-        "RSS {before:.1} → {after:.1} MiB after"
-    );
+    assert_rss(before, peak, after, PEAK_MIB, AFTER_MIB);
     // The cap counts open streams only: Alice may open one again.
     let again = testkit::open_stream(&http, &base, &chat, &alice.token).await;
     assert_eq!(again.status(), 200);
@@ -792,15 +791,7 @@ async fn wal_and_change_feed_stay_within_their_bounds_under_sustained_sends() {
         let mut count = 0;
         let mut url = format!("{base}/chat/{chat}?quantity=100");
         loop {
-            let page: Value = http
-                .get(&url)
-                .bearer_auth(&reader.token)
-                .send()
-                .await
-                .expect("history")
-                .json()
-                .await
-                .expect("json");
+            let page = crate::support::get_json(&http, &url, &reader.token).await;
             let items = page["messages"].as_array().expect("messages");
             count += items.iter().filter(|m| m["text"].is_string()).count();
             let Some(next) = page["next_time"].as_str() else {

@@ -47,3 +47,15 @@ impl Server {
         kib / 1024.0
     }
 }
+
+/// `GET url` with the bearer `token`, as JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json")
+}
