@@ -49,6 +49,9 @@ pub struct Config {
     pub streams: aggregator::config::StreamLimits,
 
     #[command(flatten)]
+    pub events: gateway::config::EventLimits,
+
+    #[command(flatten)]
     pub security: auth_service::config::SecurityConfig,
 
     /// The WAL bound of each embedded database (users, messages, realtime).
@@ -144,6 +147,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             auth_service::routes::ApiDoc::openapi(),
             chat_service::routes::ApiDoc::openapi(),
             aggregator::routes::openapi(true),
+            gateway::routes::openapi(false),
             OwnDoc::openapi(),
         ],
     );
@@ -176,6 +180,8 @@ pub struct App {
     router: Router,
     pipeline: aggregator::pipeline::Pipeline,
     realtime: aggregator::sink::embedded::EmbeddedSink,
+    hub: Arc<gateway::hub::Hub>,
+    log: Box<dyn gateway::log::LogSource>,
     data_dir: PathBuf,
     connections: service_kit::server::ConnectionLimits,
 }
@@ -209,6 +215,29 @@ impl App {
             .embedded
             .clone()
             .context("the embedded realtime store")?;
+        // The per-user streams, from the same outbox, in process.
+        let chat_db = parts.chat_db.clone().context("chat.db")?;
+        let log = gateway::log::EmbeddedLog::open(
+            chat_db,
+            chat.outbox_wake.clone(),
+            config.events.events_backfill.get(),
+            std::time::Duration::from_millis(500),
+        )
+        .await?;
+        let hub = gateway::hub::Hub::new(
+            gateway::log::LogSource::start(&log),
+            config.events.hub(),
+            Arc::new(gateway::signals::Local::default()),
+        );
+        let events = gateway::routes::router(
+            gateway::routes::GatewayState {
+                hub: hub.clone(),
+                api: Arc::new(gateway::chat_api::InProcess(chat.api())),
+                verifier: chat.verifier.clone(),
+                tickets: parts.tickets.clone(),
+            },
+            false,
+        );
         let probes = Probes {
             auth: auth.clone(),
             chat: chat.clone(),
@@ -218,6 +247,7 @@ impl App {
         let router = auth_service::routes::api_without_firebase(auth)
             .merge(chat.api())
             .merge(streams)
+            .merge(events)
             .merge(service_kit::probes::router(get(readyz)).with_state(probes))
             .route("/openapi.json", get(openapi_json))
             .route("/", get(web_client));
@@ -229,6 +259,8 @@ impl App {
             router,
             pipeline: parts.pipeline,
             realtime,
+            hub,
+            log: Box::new(log),
             data_dir: config.data_dir.clone(),
             connections: config.connections.clone(),
         })
@@ -252,6 +284,19 @@ impl App {
         let expiry = self
             .realtime
             .spawn_expiry(aggregator::startup::EXPIRY_EVERY);
+        let ingest = tokio::spawn(gateway::log::ingest(
+            self.log,
+            self.hub.clone(),
+            stop.clone().wait(),
+        ));
+        let signals = gateway::spawn_signals(self.hub.clone());
+        let hub = self.hub.clone();
+        let closing = stop.clone();
+        let tell_streams = tokio::spawn(async move {
+            closing.wait().await;
+            // Every per-user stream says `reconnect` before the server goes.
+            hub.shut_down();
+        });
         let server = tokio::spawn(self.listener.serve(
             self.router,
             self.connections,
@@ -260,6 +305,9 @@ impl App {
         let pipeline = self.pipeline.run(stop.wait()).await;
         signal.abort();
         expiry.abort();
+        signals.abort();
+        let _ = tell_streams.await;
+        let _ = ingest.await;
         // SSE streams never end on their own: give requests a moment, then go.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
         pipeline.context("aggregator")

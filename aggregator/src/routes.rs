@@ -253,7 +253,7 @@ async fn stream(
         chats: state.chats.clone(),
         chat,
         user: caller.id,
-        expires: expiry(caller.claims.exp),
+        expires: tokio::time::Instant::now() + caller.claims.remaining(),
     };
     tokio::spawn(async move {
         follow(state.feed.clone(), reader, resume, live, queue).await;
@@ -269,17 +269,6 @@ async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
-}
-
-/// When a token with `exp` (Unix seconds) expires, as an instant.
-fn expiry(exp: i64) -> tokio::time::Instant {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let left = u64::try_from(exp).unwrap_or(0).saturating_sub(now);
-    // Far enough for any real token, and never an overflow.
-    let left = Duration::from_secs(left.min(10 * 365 * 86_400));
-    tokio::time::Instant::now() + left
 }
 
 /// The streams each user has open in this process.

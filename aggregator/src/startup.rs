@@ -43,6 +43,12 @@ pub struct Components {
     pub source: Arc<SourceStatus>,
     /// `/chat/{id}/stream` (embedded sink only), without middleware.
     pub streams: Option<Router>,
+    /// The stream tickets `POST /events/ticket` issues (with the streams),
+    /// for other streams served beside them to redeem.
+    pub tickets: auth_validator::Tickets,
+    /// `chat.db`'s outbox and membership, read-only (when the source or
+    /// the sink is embedded).
+    pub chat_db: Option<OutboxReader>,
     /// The embedded store, whose expired documents must be removed now and
     /// then ([`EmbeddedSink::spawn_expiry`]).
     pub embedded: Option<EmbeddedSink>,
@@ -113,7 +119,8 @@ impl Components {
                 stall_timeout: Duration::from_millis(config.kafka_stall_timeout_ms),
             })?),
         };
-        let streams = match (embedded.clone(), chat_db) {
+        let tickets = auth_validator::Tickets::default();
+        let streams = match (embedded.clone(), chat_db.clone()) {
             (Some(store), Some(chats)) => {
                 // The configured key, or else the HS256 secret auth-service
                 // keeps in the shared data directory (embedded mode).
@@ -124,7 +131,7 @@ impl Components {
                     feed: store.feed(),
                     chats,
                     verifier,
-                    tickets: auth_validator::Tickets::default(),
+                    tickets: tickets.clone(),
                     limits: config.streams.clone(),
                     open: crate::routes::OpenStreams::default(),
                 }))
@@ -137,6 +144,8 @@ impl Components {
             sink,
             source: source_status,
             streams,
+            tickets,
+            chat_db,
             embedded,
         })
     }

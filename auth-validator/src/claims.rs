@@ -25,3 +25,15 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
+
+impl Claims {
+    /// How long until the token expires (zero once it has).
+    pub fn remaining(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left = u64::try_from(self.exp).unwrap_or(0).saturating_sub(now);
+        // Far enough for any real token, and never an overflow.
+        std::time::Duration::from_secs(left.min(10 * 365 * 86_400))
+    }
+}

@@ -6,5 +6,6 @@
 
 mod distributed;
 mod e2e;
+mod gateway;
 mod hostile;
 mod support;
