@@ -51,3 +51,82 @@ impl EventLimits {
         }
     }
 }
+
+/// The `gateway` binary's settings (flags, with environment fallbacks).
+#[cfg(feature = "kafka")]
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", version, about)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8084")]
+    pub listen: std::net::SocketAddr,
+
+    /// Where the HS256 secret is looked for when no token key is configured
+    /// (a data directory shared with auth-service).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+
+    /// Base URL of chat-service: users' chats, and WebSocket sends.
+    #[arg(
+        long,
+        env = "CHAT_SERVICE_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    pub chat_service_url: String,
+
+    #[command(flatten)]
+    pub auth: auth_validator::VerifierConfig,
+
+    #[command(flatten)]
+    pub kafka: chat_events::KafkaTopic,
+
+    /// Topic of typing and presence between replicas (created when missing).
+    #[arg(long, env = "SIGNALS_TOPIC", default_value = "chat.signals")]
+    pub signals_topic: String,
+
+    /// Partitions of the signals topic, when it is created.
+    #[arg(long, env = "SIGNALS_PARTITIONS", default_value = "3")]
+    pub signals_partitions: NonZeroU32,
+
+    /// Retention of the signals topic, milliseconds, when it is created.
+    #[arg(long, env = "SIGNALS_RETENTION_MS", default_value = "60000")]
+    pub signals_retention_ms: NonZeroU64,
+
+    /// How long to wait at start for the event topic to exist, milliseconds.
+    #[arg(long, env = "TOPIC_WAIT_MS", default_value = "60000")]
+    pub topic_wait_ms: NonZeroU64,
+
+    #[command(flatten)]
+    pub events: EventLimits,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: service_kit::telemetry::LogFormat,
+
+    #[command(flatten)]
+    pub cors: service_kit::cors::CorsConfig,
+
+    #[command(flatten)]
+    pub connections: service_kit::server::ConnectionLimits,
+}
+
+#[cfg(all(test, feature = "kafka"))]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed_and_limits_positive_by_type() {
+        service_kit::config::assert_well_formed::<super::Config>(&[
+            "--max-connections",
+            "--header-read-timeout-ms",
+            "--write-stall-timeout-ms",
+            "--signals-partitions",
+            "--signals-retention-ms",
+            "--topic-wait-ms",
+            "--events-max-per-user",
+            "--events-queue-bytes",
+            "--events-ring-bytes",
+            "--events-backfill",
+            "--typing-interval-ms",
+            "--presence-grace-ms",
+        ]);
+    }
+}

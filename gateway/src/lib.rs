@@ -21,10 +21,14 @@ pub mod config;
 pub mod cursor;
 pub mod frames;
 pub mod hub;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod log;
 pub mod routes;
 pub mod session;
 pub mod signals;
+#[cfg(feature = "kafka")]
+pub mod startup;
 
 use std::sync::Arc;
 
