@@ -38,6 +38,12 @@ pub struct EventLimits {
     /// milliseconds (a reconnect within it is not a presence change).
     #[arg(long, env = "PRESENCE_GRACE_MS", default_value = "5000")]
     pub presence_grace_ms: NonZeroU64,
+
+    /// How often a replica tells the others who is connected to it,
+    /// milliseconds; a replica silent for three of these (a crash) has its
+    /// users taken offline.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_MS", default_value = "20000")]
+    pub presence_heartbeat_ms: NonZeroU64,
 }
 
 impl EventLimits {
@@ -48,6 +54,7 @@ impl EventLimits {
             max_per_user: self.events_max_per_user.get(),
             typing_interval: Duration::from_millis(self.typing_interval_ms.get()),
             presence_grace: Duration::from_millis(self.presence_grace_ms.get()),
+            heartbeat: Duration::from_millis(self.presence_heartbeat_ms.get()),
         }
     }
 }
@@ -127,6 +134,7 @@ mod tests {
             "--events-backfill",
             "--typing-interval-ms",
             "--presence-grace-ms",
+            "--presence-heartbeat-ms",
         ]);
     }
 }

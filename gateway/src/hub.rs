@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::cursor::Cursor;
 use crate::frames::{self, Audience, Routed};
-use crate::signals::{Signal, SignalBus, HEARTBEAT_TTL, PRESENCE_CHATS};
+use crate::signals::{Signal, SignalBus, PRESENCE_CHATS};
 
 /// Ring entries a walking connection takes at once.
 const WALK_PAGE: usize = 64;
@@ -44,6 +44,9 @@ pub struct HubLimits {
     pub max_per_user: u32,
     pub typing_interval: Duration,
     pub presence_grace: Duration,
+    /// How often this replica says who is connected; three missed and the
+    /// others take its users offline.
+    pub heartbeat: Duration,
 }
 
 /// Something for a client.
@@ -664,9 +667,12 @@ impl Hub {
                     chats.clone()
                 };
                 if online {
-                    state
-                        .presence
-                        .online(user_id, replica, Instant::now() + HEARTBEAT_TTL, chats);
+                    state.presence.online(
+                        user_id,
+                        replica,
+                        Instant::now() + self.limits.heartbeat * 3,
+                        chats,
+                    );
                 } else {
                     state.presence.offline(user_id, replica);
                 }
@@ -676,7 +682,7 @@ impl Hub {
                 metrics::counter!("gateway_signals_total", "type" => "presence").increment(1);
             }
             Signal::Heartbeat { replica, users } => {
-                let until = Instant::now() + HEARTBEAT_TTL;
+                let until = Instant::now() + self.limits.heartbeat * 3;
                 for user in users {
                     if let Some((replicas, _)) = state.presence.users.get_mut(&user) {
                         replicas.insert(replica, until);

@@ -40,7 +40,7 @@ use signals::SignalBus;
 pub fn spawn_signals(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
     let mut signals = hub.signals().subscribe();
     tokio::spawn(async move {
-        let mut beat = tokio::time::interval(signals::HEARTBEAT_EVERY);
+        let mut beat = tokio::time::interval(hub.limits().heartbeat);
         loop {
             tokio::select! {
                 signal = signals.recv() => match signal {

@@ -4,10 +4,8 @@
 //! hears every replica's (its own included): in one process over a channel
 //! ([`Local`]), between replicas over a short-retention Kafka topic
 //! (`crate::kafka::KafkaSignals`). A replica that dies stops sending
-//! heartbeats, and the others take its users offline after
-//! [`HEARTBEAT_TTL`].
-
-use std::time::Duration;
+//! heartbeats, and the others take its users offline after three missed
+//! (`--presence-heartbeat-ms`).
 
 use async_trait::async_trait;
 use chat_events::{ChatId, UserId};
@@ -15,10 +13,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// How often a replica says who is connected to it.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(20);
-/// How long a replica's word that a user is online holds without a heartbeat.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(60);
 /// Most chats a presence signal names.
 pub const PRESENCE_CHATS: usize = 1000;
 

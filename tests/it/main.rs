@@ -8,4 +8,5 @@ mod distributed;
 mod e2e;
 mod gateway;
 mod hostile;
+mod replicas;
 mod support;
