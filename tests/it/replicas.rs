@@ -49,6 +49,18 @@ async fn ready(http: &reqwest::Client, base: &str) {
     panic!("{base} never became ready");
 }
 
+/// The next two `presence` frames, all `online` (or not): whose, sorted.
+async fn presence(ws: &mut Ws, online: bool) -> Vec<String> {
+    let mut users = Vec::new();
+    while users.len() < 2 {
+        let frame = ws.next_of("presence").await;
+        assert_eq!(frame["online"], online, "{frame}");
+        users.push(frame["user_id"].as_str().expect("user").to_owned());
+    }
+    users.sort();
+    users
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateway_replicas_serve_every_user_and_share_typing_and_presence() {
     let Some(broker) = Broker::start() else {
@@ -113,12 +125,10 @@ async fn two_gateway_replicas_serve_every_user_and_share_typing_and_presence() {
     bob_ws.next_of("hello").await;
     let mut carol_sse = Sse::open(&http, &two.base, &carol.token, None).await;
     carol_sse.next_of("hello").await;
-    // Bob's coming online reaches alice on the other replica.
-    let online = alice_ws.next_of("presence").await;
-    assert_eq!(
-        (online["user_id"].as_str(), &online["online"]),
-        (Some(bob.id.as_str()), &json!(true))
-    );
+    // Bob's and carol's coming online reach alice on the other replica.
+    let mut both = vec![bob.id.clone(), carol.id.clone()];
+    both.sort();
+    assert_eq!(presence(&mut alice_ws, true).await, both);
 
     // Sent through chat-service: everyone gets it, on either replica.
     let sent: serde_json::Value = http
@@ -175,11 +185,9 @@ async fn two_gateway_replicas_serve_every_user_and_share_typing_and_presence() {
             .expect("send");
         assert_eq!(response.status(), 201);
     }
-    let offline = alice_ws.next_of("presence").await;
-    assert_eq!(
-        (offline["user_id"].as_str(), &offline["online"]),
-        (Some(bob.id.as_str()), &json!(false))
-    );
+    // Carol left, bob's replica died: both go offline for alice (bob once
+    // the dead replica has missed its heartbeats).
+    assert_eq!(presence(&mut alice_ws, false).await, both);
     two = start_gateway(dir.path(), &brokers, &chat_base, two.port);
     ready(&http, &two.base).await;
     let mut bob_ws = Ws::open(&http, &two.base, &bob.token, Some(&bob_cursor)).await;
