@@ -3,6 +3,7 @@
 #   docker build --target auth-service -t chat/auth-service:dev .
 #   docker build --target chat-service -t chat/chat-service:dev .
 #   docker build --target aggregator   -t chat/aggregator:dev .
+#   docker build --target gateway      -t chat/gateway:dev .
 #   docker build --target chat-backend -t chat/chat-backend:dev .   (all-in-one, embedded)
 #
 # Layers: cargo-chef compiles each image's dependencies from a recipe of the
@@ -42,6 +43,12 @@ RUN cargo chef cook --profile dist --locked -p aggregator --bin aggregator --rec
 COPY . .
 RUN cargo build --profile dist --locked -p aggregator --bin aggregator
 
+FROM chef AS build-gateway
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --profile dist --locked -p gateway --bin gateway --recipe-path recipe.json
+COPY . .
+RUN cargo build --profile dist --locked -p gateway --bin gateway
+
 FROM chef AS build-chat-backend
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --profile dist --locked -p chat-backend --bin chat-backend --recipe-path recipe.json
@@ -76,6 +83,12 @@ COPY --from=build-aggregator /src/target/dist/aggregator /usr/local/bin/
 ENV AGGREGATOR_LISTEN=0.0.0.0:8083
 EXPOSE 8083
 ENTRYPOINT ["aggregator"]
+
+FROM runtime AS gateway
+COPY --from=build-gateway /src/target/dist/gateway /usr/local/bin/
+ENV GATEWAY_LISTEN=0.0.0.0:8084
+EXPOSE 8084
+ENTRYPOINT ["gateway"]
 
 FROM runtime AS chat-backend
 COPY --from=build-chat-backend /src/target/dist/chat-backend /usr/local/bin/
