@@ -52,6 +52,9 @@ pub struct Config {
     pub events: gateway::config::EventLimits,
 
     #[command(flatten)]
+    pub tickets: auth_validator::TicketConfig,
+
+    #[command(flatten)]
     pub security: auth_service::config::SecurityConfig,
 
     /// The WAL bound of each embedded database (users, messages, realtime).
@@ -205,6 +208,7 @@ impl App {
         let mut aggregator_config = aggregator::Config::embedded(dir);
         aggregator_config.flush_interval_ms = EMBEDDED_FLUSH_INTERVAL_MS;
         aggregator_config.streams = config.streams.clone();
+        aggregator_config.tickets = config.tickets.clone();
         aggregator_config.wal = config.wal;
         let parts =
             aggregator::Components::build(&aggregator_config, chat.outbox_wake.clone()).await?;

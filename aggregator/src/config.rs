@@ -104,6 +104,9 @@ pub struct Config {
     #[command(flatten)]
     pub streams: StreamLimits,
 
+    #[command(flatten)]
+    pub tickets: auth_validator::TicketConfig,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

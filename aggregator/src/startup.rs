@@ -119,7 +119,7 @@ impl Components {
                 stall_timeout: Duration::from_millis(config.kafka_stall_timeout_ms),
             })?),
         };
-        let tickets = auth_validator::Tickets::default();
+        let tickets = config.tickets.tickets();
         let streams = match (embedded.clone(), chat_db.clone()) {
             (Some(store), Some(chats)) => {
                 // The configured key, or else the HS256 secret auth-service

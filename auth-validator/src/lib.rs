@@ -31,7 +31,7 @@ pub mod verifier;
 pub use claims::Claims;
 pub use config::VerifierConfig;
 pub use extractor::{AuthUser, BearerToken};
-pub use tickets::{StreamUser, Tickets};
+pub use tickets::{StreamUser, TicketConfig, Tickets};
 pub use verifier::{
     ed25519_public_key_pem, KeyError, TokenError, Verifier, VerifierSettings, DEFAULT_LEEWAY_SECS,
 };

@@ -5,7 +5,7 @@
 //! access token in a query string ends up in proxy logs and browser
 //! history. So a client first calls `POST /events/ticket` with its bearer
 //! token and gets a ticket: 32 random bytes, valid for
-//! [`TICKET_TTL`] and for one use. It then opens the stream with
+//! [`TICKET_TTL`] (`--ticket-ttl-secs`) and for one use. It then opens the stream with
 //! `?ticket=…`; [`StreamUser`] redeems the ticket for the user who asked
 //! for it. Non-browser clients may keep using the `Authorization` header.
 //!
@@ -32,6 +32,25 @@ use crate::{AuthUser, Verifier};
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 /// Most tickets outstanding at once (each about 1 KiB).
 pub const MAX_OUTSTANDING: usize = 100_000;
+
+/// How long this process's tickets stay valid.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TicketConfig {
+    /// Seconds a stream ticket (`POST /events/ticket`) stays valid: 1 to 60.
+    #[arg(
+        long,
+        env = "TICKET_TTL_SECS",
+        default_value_t = TICKET_TTL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=60)
+    )]
+    pub ticket_ttl_secs: u64,
+}
+
+impl TicketConfig {
+    pub fn tickets(&self) -> Tickets {
+        Tickets::new(Duration::from_secs(self.ticket_ttl_secs), MAX_OUTSTANDING)
+    }
+}
 
 /// The tickets this process issued and nobody has used yet.
 #[derive(Clone)]

@@ -106,6 +106,9 @@ pub struct Config {
     #[command(flatten)]
     pub events: EventLimits,
 
+    #[command(flatten)]
+    pub tickets: auth_validator::TicketConfig,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: service_kit::telemetry::LogFormat,

@@ -26,6 +26,22 @@ pub enum Invalid {
     Partitions,
 }
 
+/// The offsets a cursor names, in partition order.
+fn offsets(text: &str) -> Result<Vec<i64>, Invalid> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > MAX_PARTITIONS * 20 {
+        return Err(Invalid::Malformed);
+    }
+    text.split('.')
+        .map(|part| {
+            if part.is_empty() || part.len() > 18 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Invalid::Malformed);
+            }
+            part.parse::<i64>().map_err(|_| Invalid::Malformed)
+        })
+        .collect()
+}
+
 impl Cursor {
     pub fn new(offsets: Vec<i64>) -> Self {
         Self(offsets)
@@ -33,23 +49,17 @@ impl Cursor {
 
     /// Parses a cursor of a log with `partitions` partitions.
     pub fn parse(text: &str, partitions: usize) -> Result<Self, Invalid> {
-        let text = text.trim();
-        if text.is_empty() || text.len() > MAX_PARTITIONS * 20 {
-            return Err(Invalid::Malformed);
-        }
-        let offsets = text
-            .split('.')
-            .map(|part| {
-                if part.is_empty() || part.len() > 18 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(Invalid::Malformed);
-                }
-                part.parse::<i64>().map_err(|_| Invalid::Malformed)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let offsets = offsets(text)?;
         if offsets.len() != partitions {
             return Err(Invalid::Partitions);
         }
         Ok(Self(offsets))
+    }
+
+    /// Whether `text` is written as a cursor (of a log with any number of
+    /// partitions).
+    pub fn well_formed(text: &str) -> bool {
+        offsets(text).is_ok()
     }
 
     pub fn offsets(&self) -> &[i64] {

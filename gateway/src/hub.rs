@@ -114,6 +114,7 @@ impl Conn {
         q.bytes += size;
         q.items.push_back(item);
         drop(q);
+        metrics::gauge!("gateway_queued_bytes").increment(size as f64);
         self.notify.notify_one();
         true
     }
@@ -139,6 +140,7 @@ impl Conn {
         let item = q.items.pop_front();
         if let Some(item) = &item {
             q.bytes -= item.size();
+            metrics::gauge!("gateway_queued_bytes").decrement(item.size() as f64);
         }
         Ok(item)
     }
@@ -154,6 +156,15 @@ impl Conn {
     /// Waits for something to pop (or a close).
     pub async fn ready(&self) {
         self.notify.notified().await;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let left = self.lock().bytes;
+        if left > 0 {
+            metrics::gauge!("gateway_queued_bytes").decrement(left as f64);
+        }
     }
 }
 

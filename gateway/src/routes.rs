@@ -8,7 +8,7 @@ use auth_validator::tickets::Ticket;
 use auth_validator::{AuthUser, StreamUser, Tickets, Verifier};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +21,7 @@ use service_kit::{ApiError, Query};
 use utoipa::OpenApi;
 
 use crate::chat_api::ChatApi;
+use crate::cursor::Cursor;
 use crate::frames::{self, ClientFrame, SendBody, MAX_REQUEST_ID};
 use crate::hub::Hub;
 use crate::session::{Out, Session};
@@ -107,13 +108,28 @@ struct StreamQuery {
 }
 
 /// The cursor to resume from: the `Last-Event-ID` header, else `?cursor=`.
-fn resume_from(headers: &HeaderMap, query: &StreamQuery) -> Option<String> {
-    headers
+///
+/// A `?cursor=` that is not written as a cursor is the caller's mistake: 400
+/// `invalid_cursor`. `Last-Event-ID` is whatever the browser kept, so one
+/// that is not a cursor gets the stream's `reset` (`cursor_invalid`) instead
+/// of an error an `EventSource` would not recover from.
+fn resume_from(headers: &HeaderMap, query: &StreamQuery) -> Result<Option<String>, ApiError> {
+    if query
+        .cursor
+        .as_deref()
+        .is_some_and(|c| !Cursor::well_formed(c))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            "cursor must be offsets joined by '.', as the stream gives them",
+        ));
+    }
+    let header = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.cursor.clone())
-        .filter(|c| !c.trim().is_empty())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|c| !c.is_empty());
+    Ok(header.or_else(|| query.cursor.clone()))
 }
 
 /// The caller's events (Server-Sent Events).
@@ -145,6 +161,7 @@ fn resume_from(headers: &HeaderMap, query: &StreamQuery) -> Option<String> {
     security(("bearer" = []), ()),
     responses(
         (status = 200, description = "`text/event-stream` of JSON events", content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_cursor`: `cursor` is not a cursor"),
         (status = 401, description = "no valid token or ticket"),
         (status = 429, description = "`too_many_streams`: the user has `--events-max-per-user` streams open"),
         (status = 503, description = "not ready, shutting down, or chat-service unavailable"),
@@ -156,7 +173,7 @@ async fn events(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let resume = resume_from(&headers, &query);
+    let resume = resume_from(&headers, &query)?;
     let session = Session::open(
         state.hub.clone(),
         state.api.as_ref(),
@@ -205,7 +222,8 @@ async fn events(
     security(("bearer" = []), ()),
     responses(
         (status = 101, description = "WebSocket of JSON text frames"),
-        (status = 400, description = "not a WebSocket upgrade request"),
+        (status = 400, description = "`invalid_cursor`: `cursor` is not a cursor"),
+        (status = 426, description = "`not_websocket`: not a WebSocket upgrade request"),
         (status = 401, description = "no valid token or ticket"),
         (status = 429, description = "`too_many_streams`: the user has `--events-max-per-user` streams open"),
         (status = 503, description = "not ready, shutting down, or chat-service unavailable"),
@@ -218,9 +236,16 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "not_websocket", e.body_text()))?;
-    let resume = resume_from(&headers, &query);
+    let resume = resume_from(&headers, &query)?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::new(StatusCode::UPGRADE_REQUIRED, "not_websocket", e.body_text())
+            .with_header(header::UPGRADE, HeaderValue::from_static("websocket"))
+            .with_header(header::CONNECTION, HeaderValue::from_static("Upgrade"))
+            .with_header(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            )
+    })?;
     let session = Session::open(
         state.hub.clone(),
         state.api.as_ref(),

@@ -144,7 +144,7 @@ impl App {
                 base: config.chat_service_url.clone(),
             }),
             verifier,
-            tickets: auth_validator::Tickets::default(),
+            tickets: config.tickets.tickets(),
         };
         let probes = Probes {
             hub: hub.clone(),

@@ -298,6 +298,14 @@ impl SseReader {
     /// The next event (comments and keep-alives skipped), or `None` when
     /// `limit` passes first or the stream ends.
     pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        match self.read(limit).await {
+            SseRead::Event(event) => Some(event),
+            SseRead::End | SseRead::Timeout => None,
+        }
+    }
+
+    /// The next event, or whether the stream ended or `limit` passed first.
+    pub async fn read(&mut self, limit: Duration) -> SseRead {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
@@ -322,17 +330,26 @@ impl SseReader {
                     }
                 }
                 if has_data {
-                    return Some(event);
+                    return SseRead::Event(event);
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next())
-                .await
-                .ok()??;
-            let chunk = chunk.ok()?;
+            let chunk = match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return SseRead::Timeout,
+                Ok(None | Some(Err(_))) => return SseRead::End,
+                Ok(Some(Ok(chunk))) => chunk,
+            };
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
+}
+
+/// What [`SseReader::read`] found.
+pub enum SseRead {
+    Event(SseEvent),
+    /// The server ended the stream (or the connection broke).
+    End,
+    Timeout,
 }
 
 /// `GET {base}/chat/{chat}/stream` with the bearer `token`: the response,

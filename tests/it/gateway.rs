@@ -434,24 +434,48 @@ async fn a_resumed_stream_gets_exactly_what_it_missed_even_across_a_kill_9() {
     );
 
     // Cursors it cannot resume from get a reset, then the stream goes on.
-    for (bad, reason) in [
-        ("12x", "cursor_invalid"),
-        ("999999999", "cursor_ahead"),
-        ("1.2", "cursor_invalid"),
-    ] {
+    for (bad, reason) in [("999999999", "cursor_ahead"), ("1.2", "cursor_invalid")] {
         let mut ws = Ws::open(&http, &base, &bob.token, Some(bad)).await;
         ws.next_of("hello").await;
         assert_eq!(ws.next_of("reset").await["reason"], reason, "{bad}");
         send(&http, &base, &chat, &alice, "after a reset").await;
         assert_eq!(ws.next_of("message").await["text"], "after a reset");
     }
+    // A `Last-Event-ID` that is not a cursor (the browser kept something
+    // else) is a reset too; the same text as `?cursor=` is a 400.
+    let mut sse = Sse::open(&http, &base, &bob.token, Some("12x")).await;
+    sse.next_of("hello").await;
+    assert_eq!(sse.next_of("reset").await.0["reason"], "cursor_invalid");
+    drop(sse);
+    for path in ["events", "ws"] {
+        let response = http
+            .get(format!("{base}/{path}?cursor=12x"))
+            .bearer_auth(&bob.token)
+            .send()
+            .await
+            .expect("bad cursor");
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.expect("error body");
+        assert_eq!(body["error"]["code"], "invalid_cursor", "{path}");
+    }
+    // /ws over plain HTTP: 426, saying what to upgrade to.
+    let response = http
+        .get(format!("{base}/ws"))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .expect("plain GET /ws");
+    assert_eq!(response.status(), 426);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    let body: Value = response.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], "not_websocket");
     server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strangers_and_removed_members_get_nothing_and_tickets_are_single_use() {
+async fn strangers_and_removed_members_get_nothing_and_tickets_are_single_use_and_expire() {
     let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(data.path());
+    let server = Server::start_with_env(data.path(), &[("TICKET_TTL_SECS", "2")]);
     let (http, base) = (reqwest::Client::new(), server.base.clone());
     let alice = user(&http, &base, "alice").await;
     let bob = user(&http, &base, "bob").await;
@@ -509,17 +533,17 @@ async fn strangers_and_removed_members_get_nothing_and_tickets_are_single_use() 
     assert_eq!(of_group(&frames), Vec::<String>::new(), "{frames:?}");
 
     // Tickets: one use each; unknown ones and no credentials are 401.
-    let ticket = ticket(&http, &base, &bob.token).await;
+    let once = ticket(&http, &base, &bob.token).await;
     let open = |query: String| {
         let http = http.clone();
         let url = format!("{base}/events{query}");
         async move { http.get(url).send().await.expect("events") }
     };
-    let first = open(format!("?ticket={ticket}")).await;
+    let first = open(format!("?ticket={once}")).await;
     assert_eq!(first.status(), 200);
     drop(first);
     for query in [
-        format!("?ticket={ticket}"),
+        format!("?ticket={once}"),
         "?ticket=made-up".to_owned(),
         String::new(),
     ] {
@@ -527,6 +551,177 @@ async fn strangers_and_removed_members_get_nothing_and_tickets_are_single_use() 
         assert_eq!(response.status(), 401, "{query}");
         let body: Value = response.json().await.expect("json");
         assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    // …and they expire (`--ticket-ttl-secs 2` here): unused for longer, a
+    // ticket opens neither transport.
+    let (late_sse, late_ws) = (
+        ticket(&http, &base, &bob.token).await,
+        ticket(&http, &base, &bob.token).await,
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let response = open(format!("?ticket={late_sse}")).await;
+    assert_eq!(response.status(), 401);
+    let ws_base = base.replacen("http://", "ws://", 1);
+    match tokio_tungstenite::connect_async(format!("{ws_base}/ws?ticket={late_ws}")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+        }
+        other => panic!("an expired ticket opened /ws: {other:?}"),
+    }
+    server.stop();
+}
+
+/// Slow clients: streams that stop reading are cut off once
+/// `--events-queue-bytes` wait for them, the gateway's memory stays bounded
+/// while they hold their connections, what reached them before the cut is
+/// in order, and their cursor resumes exactly after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory_and_resumes() {
+    // Four slow streams, 1,500 messages of 4,000 characters: 6 MB for each
+    // stream, more than the kernel takes into a socket's buffers (the
+    // sender's grows to 4 MiB here, `net.ipv4.tcp_wmem`) and the 64 KiB
+    // queue.
+    const STREAMS: usize = 2;
+    const MESSAGES: usize = 1500;
+    const PEAK_MIB: f64 = 48.0;
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_env(
+        data.path(),
+        &[
+            ("EVENTS_QUEUE_BYTES", "65536"),
+            ("EVENTS_MAX_PER_USER", "32"),
+            ("SEND_BURST", "1000"),
+            ("SEND_RATE_PER_SEC", "1000"),
+        ],
+    );
+    let (http, base) = (reqwest::Client::new(), server.base.clone());
+    let alice = user(&http, &base, "alice").await;
+    let bob = user(&http, &base, "bob").await;
+    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
+    let scrape = || testkit::scrape(&http, &base);
+    let cut_before = testkit::metric_value(&scrape().await, "gateway_cut_off_total");
+
+    let mut slow_ws = Vec::new();
+    let mut slow_sse = Vec::new();
+    for _ in 0..STREAMS {
+        let mut ws = Ws::open(&http, &base, &bob.token, None).await;
+        ws.next_of("hello").await;
+        slow_ws.push(ws);
+        let mut sse = Sse::open(&http, &base, &bob.token, None).await;
+        sse.next_of("hello").await;
+        slow_sse.push(sse);
+    }
+    let rss_before = server.rss_mib();
+    let mut peak = rss_before;
+    let body = "x".repeat(3990);
+    for i in 0..MESSAGES {
+        send(&http, &base, &chat, &alice, &format!("{i:04}{body}")).await;
+        if i % 100 == 0 {
+            peak = peak.max(server.rss_mib());
+        }
+    }
+    // Every slow stream was cut off (the counter counts each once).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let cut = testkit::metric_value(&scrape().await, "gateway_cut_off_total") - cut_before;
+        if cut >= (2 * STREAMS) as f64 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let scrape = scrape().await;
+            let gateway: Vec<&str> = scrape
+                .lines()
+                .filter(|l| l.starts_with("gateway_"))
+                .collect();
+            panic!(
+                "{cut} of {} slow streams cut off\n{}",
+                2 * STREAMS,
+                gateway.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak = peak.max(server.rss_mib());
+    assert!(
+        peak < rss_before + PEAK_MIB,
+        "RSS {rss_before:.1} → peak {peak:.1} MiB with {} slow streams",
+        2 * STREAMS
+    );
+    let queued = testkit::metric_value(&scrape().await, "gateway_queued_bytes");
+    assert!(
+        queued <= (2 * STREAMS * 65536) as f64,
+        "{queued} bytes queued"
+    );
+
+    let number = |frame: &Value| -> usize {
+        frame["text"].as_str().expect("text")[..4]
+            .parse()
+            .expect("number")
+    };
+    // WebSocket: what was in flight, in order, then close 1008; resuming
+    // from the last cursor read gives exactly the rest.
+    for mut ws in slow_ws {
+        let mut got = Vec::new();
+        let mut cursor = None;
+        let code = loop {
+            let message = tokio::time::timeout(WAIT, ws.socket.next())
+                .await
+                .expect("the cut-off stream ends")
+                .expect("a close frame")
+                .expect("frame");
+            match message {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                    if frame["type"] == "message" {
+                        got.push(number(&frame));
+                        cursor = frame["cursor"].as_str().map(str::to_owned);
+                    }
+                }
+                Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+                _ => {}
+            }
+        };
+        assert_eq!(code, Some(1008));
+        assert!(got.len() < MESSAGES, "a slow WebSocket was not cut off");
+        assert_eq!(got, (0..got.len()).collect::<Vec<_>>());
+        let mut resumed = Ws::open(&http, &base, &bob.token, cursor.as_deref()).await;
+        resumed.next_of("hello").await;
+        let rest: Vec<usize> = drain_ws(&mut resumed, Duration::from_millis(1500))
+            .await
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(number)
+            .collect();
+        assert_eq!(rest, (got.len()..MESSAGES).collect::<Vec<_>>());
+    }
+    // SSE: the same, the stream ending where the WebSocket closes.
+    for mut sse in slow_sse {
+        let mut got = Vec::new();
+        let mut last_id = None;
+        loop {
+            match sse.0.read(WAIT).await {
+                testkit::SseRead::Event(event) => {
+                    let frame: Value = serde_json::from_str(&event.data).expect("JSON");
+                    if frame["type"] == "message" {
+                        got.push(number(&frame));
+                        last_id = event.id;
+                    }
+                }
+                testkit::SseRead::End => break,
+                testkit::SseRead::Timeout => panic!("a cut-off SSE stream did not end"),
+            }
+        }
+        assert!(got.len() < MESSAGES, "a slow SSE stream was not cut off");
+        assert_eq!(got, (0..got.len()).collect::<Vec<_>>());
+        let mut resumed = Sse::open(&http, &base, &bob.token, last_id.as_deref()).await;
+        resumed.next_of("hello").await;
+        let mut rest = Vec::new();
+        while let Some((frame, _)) = resumed.next(Duration::from_millis(1500)).await {
+            if frame["type"] == "message" {
+                rest.push(number(&frame));
+            }
+        }
+        assert_eq!(rest, (got.len()..MESSAGES).collect::<Vec<_>>());
     }
     server.stop();
 }
