@@ -46,10 +46,22 @@ function check(condition, message) {
 const port = await freePort();
 const data = mkdtempSync(join(tmpdir(), "chat-browser-"));
 // Every case registers its users from this one address.
-const server = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--data-dir", data, "--registrations-per-address-per-hour", "1000"], {
-  stdio: ["ignore", "ignore", "inherit"],
-  env: { ...process.env, RUST_LOG: "warn" },
-});
+function startServer() {
+  return spawn(bin, ["--listen", `127.0.0.1:${port}`, "--data-dir", data, "--registrations-per-address-per-hour", "1000"], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, RUST_LOG: "warn", PRESENCE_GRACE_MS: "1000" },
+  });
+}
+let server = startServer();
+
+// The server dies (SIGKILL) and comes back on the same port and data.
+async function killAndRestart() {
+  const exited = new Promise((resolve) => server.once("exit", resolve));
+  server.kill("SIGKILL");
+  await exited;
+  server = startServer();
+  await waitForHttp(`${base}/healthz`, 30_000);
+}
 const base = `http://127.0.0.1:${port}`;
 // The same server under a name that is not a secure context (plain HTTP,
 // not localhost): what a phone on the LAN sees.
@@ -133,6 +145,20 @@ async function send(p, text) {
 // The texts of the stored messages on the page, in page order.
 function texts(p) {
   return p.$$eval(".msg", (els) => els.map((e) => e.firstChild.textContent));
+}
+
+// Records the stream frames the page handles, in order, in `window.frames_`.
+async function recordFrames(p) {
+  await p.evaluate(() => {
+    window.frames_ = [];
+    const handle = window.onFrame;
+    window.onFrame = (f) => { window.frames_.push(f); handle(f); };
+  });
+}
+
+// The texts of the `message` frames recorded since `from`.
+async function frameTexts(p, from = 0) {
+  return p.evaluate((from) => window.frames_.slice(from).filter((f) => f.type === "message").map((f) => f.text), from);
 }
 
 async function shot(p, name) {
@@ -323,6 +349,79 @@ const cases = {
     check(left.length === 0, "the removed member no longer has the group");
     await fitsTheScreen(bob, size);
     return shot(bob, `group-${size}`);
+  },
+
+  // Typing and presence travel over the per-user stream: Bob sees Alice
+  // online and typing, then offline once her page is gone.
+  async "typing and presence"(size) {
+    const [a, b] = [await apiUser("typer"), await apiUser("watcher")];
+    check((await apiCall(a, "POST", "/chats", { user_id: b.id })).status === 201, "chat");
+    const bob = await page(size);
+    await signIn(bob, b);
+    await openListedChat(bob, a.name);
+    check(await bob.isHidden("#presence"), "alice is not online yet");
+    const alice = await page(size);
+    await signIn(alice, a);
+    await bob.waitForSelector("#presence:not([hidden])", { timeout: 5_000 });
+    // (On a phone the list is hidden while a chat is open: attached is enough.)
+    await bob.waitForSelector(`#chats .item.online >> text="${a.name}"`, { state: "attached", timeout: 5_000 });
+    await openListedChat(alice, b.name);
+    await alice.type("#text", "hel", { delay: 50 });
+    await bob.waitForFunction((name) => document.getElementById("typing").textContent === `${name} is typing…`, a.name, { timeout: 5_000 });
+    await shot(bob, `typing-${size}`);
+    await alice.fill("#text", "hello");
+    await alice.click("#send");
+    await bob.waitForSelector('.msg:not(.mine) >> text="hello"', { timeout: 5_000 });
+    // A message ends its sender's typing.
+    check((await bob.textContent("#typing")) === "", "typing cleared by the message");
+    await alice.context().close();
+    await bob.waitForSelector("#presence", { state: "hidden", timeout: 10_000 });
+    return shot(bob, `presence-${size}`);
+  },
+
+  // The server dies while Bob's page is connected; while it is away
+  // (tickets blocked, so the page cannot reconnect) Alice sends five
+  // messages. The page reconnects with its cursor and the stream brings
+  // exactly those five, in order, none twice. At the phone width over the
+  // WebSocket; at the desktop width with WebSocket unavailable, over SSE.
+  async "a dropped stream resumes without loss or repeats"(size) {
+    const transport = size === "phone" ? "websocket" : "sse";
+    const [a, b] = [await apiUser("sender"), await apiUser("resumer")];
+    const chat = (await apiCall(a, "POST", "/chats", { user_id: b.id })).body.id;
+    const context = await browser.newContext({ viewport: WIDTHS[size] });
+    if (transport === "sse") await context.addInitScript(() => { window.WebSocket = undefined; });
+    const p = await context.newPage();
+    const opened = [];
+    p.on("request", (r) => { if (/\/(events|ws)\?/.test(r.url())) opened.push(r.url()); });
+    p.on("websocket", (ws) => opened.push(ws.url()));
+    await p.goto(base);
+    await signIn(p, b);
+    await openListedChat(p, a.name);
+    await recordFrames(p);
+    check((await apiCall(a, "POST", `/chat/${chat}/messages`, { text: "before" })).status === 201, "send");
+    await p.waitForSelector('.msg >> text="before"', { timeout: 5_000 });
+    const used = opened.filter((u) => u.includes(transport === "sse" ? "/events?" : "/ws?"));
+    check(used.length >= 1, `a ${transport} stream was opened: ${JSON.stringify(opened)}`);
+
+    await p.route("**/events/ticket", (route) => route.abort("connectionreset"));
+    await killAndRestart();
+    const missed = ["gap 1", "gap 2", "gap 3", "gap 4", "gap 5"];
+    for (const text of missed) {
+      check((await apiCall(a, "POST", `/chat/${chat}/messages`, { text })).status === 201, "send");
+    }
+    const from = (await p.evaluate(() => window.frames_.length));
+    const before = opened.length;
+    await p.unroute("**/events/ticket");
+    await p.waitForSelector('.msg >> text="gap 5"', { timeout: 20_000 });
+    await p.waitForTimeout(500);
+    check(JSON.stringify(await frameTexts(p, from)) === JSON.stringify(missed), `after the drop: ${JSON.stringify(await frameTexts(p, from))}`);
+    const resumed = opened.slice(before);
+    check(resumed.some((u) => u.includes("cursor=")), `resumed with a cursor: ${JSON.stringify(resumed)}`);
+    const shown = await texts(p);
+    check(JSON.stringify(shown) === JSON.stringify(["before", ...missed]), `shown: ${JSON.stringify(shown)}`);
+    const path = await shot(p, `resume-${transport}-${size}`);
+    await context.close();
+    return path;
   },
 
   async "form errors are shown by field"(size) {
