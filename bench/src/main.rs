@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod gateway;
 mod groups;
 mod kafka;
 
@@ -59,6 +60,8 @@ enum Part {
     Aggregator,
     /// Figure 5: Firestore writes per message.
     Firestore,
+    /// Figures 9-12: the per-user stream (WebSocket).
+    Gateway,
 }
 
 struct Plan {
@@ -73,6 +76,13 @@ struct Plan {
     group_members: usize,
     /// Chats in the long chat list (figure 8).
     listed_chats: usize,
+    /// Messages a second into a group for the fan-out (figure 10).
+    fanout_rate: u32,
+    /// Events missed before a resume (figure 11), and rounds of it.
+    resume_events: usize,
+    resume_rounds: usize,
+    /// Idle WebSockets opened at once (figure 12).
+    idle_connections: usize,
 }
 
 impl Plan {
@@ -88,6 +98,10 @@ impl Plan {
                 aggregator_chats: 1_000,
                 group_members: 100,
                 listed_chats: 1_000,
+                fanout_rate: 20,
+                resume_events: 1_000,
+                resume_rounds: 5,
+                idle_connections: 10_000,
             },
             Mode::Smoke => Self {
                 phase: Duration::from_secs(1),
@@ -99,6 +113,10 @@ impl Plan {
                 aggregator_chats: 20,
                 group_members: 10,
                 listed_chats: 50,
+                fanout_rate: 5,
+                resume_events: 100,
+                resume_rounds: 1,
+                idle_connections: 100,
             },
         }
     }
@@ -238,8 +256,17 @@ impl Server {
 
     /// Peak resident set size so far (VmHWM), MiB.
     fn peak_rss_mib(&self) -> Option<f64> {
+        self.status_mib("VmHWM:")
+    }
+
+    /// Resident set size now (VmRSS), MiB.
+    fn rss_mib(&self) -> Option<f64> {
+        self.status_mib("VmRSS:")
+    }
+
+    fn status_mib(&self, field: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
     }
@@ -932,6 +959,13 @@ async fn main() -> anyhow::Result<()> {
     let runs = |part| cli.only.is_empty() || cli.only.contains(&part);
     if runs(Part::Http) {
         run_http(&plan, &bin, &mut figures).await?;
+    }
+    if runs(Part::Gateway) {
+        let mut server = Server::start(&bin)?;
+        let fixture = Fixture::new(&plan, &server).await?;
+        gateway::stream_phase(&plan, &fixture, &mut figures).await?;
+        server.stop();
+        gateway::idle_phase(&plan, &bin, &mut figures).await?;
     }
     if runs(Part::Aggregator) {
         let bin_dir = bin.parent().context("binary directory")?;
