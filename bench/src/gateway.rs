@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::{SinkExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -145,7 +145,8 @@ async fn deliveries(
                         continue;
                     };
                     if let Some(t) = lock(&started).get(id) {
-                        let _ = hist.record(at.saturating_duration_since(*t).as_micros().max(1) as u64);
+                        let _ =
+                            hist.record(at.saturating_duration_since(*t).as_micros().max(1) as u64);
                         seen += 1;
                     }
                 }
@@ -172,13 +173,12 @@ async fn deliveries(
                 .json(&json!({"text": TEXT, "client_message_id": id}))
                 .send()
                 .await;
-            match response {
-                Ok(r) if r.status() == 201 && r.bytes().await.is_ok() => {
-                    let _ = lock(&send_hist).record(t.elapsed().as_micros().max(1) as u64);
-                    true
-                }
-                _ => false,
+            let Ok(r) = response else { return false };
+            if r.status() != 201 || r.bytes().await.is_err() {
+                return false;
             }
+            let _ = lock(&send_hist).record(t.elapsed().as_micros().max(1) as u64);
+            true
         }));
     }
     let sent = futures::future::join_all(sends)
