@@ -132,6 +132,23 @@ fn resume_from(headers: &HeaderMap, query: &StreamQuery) -> Result<Option<String
     Ok(header.or_else(|| query.cursor.clone()))
 }
 
+/// A stream for `caller`, resuming where the request says.
+async fn open_session(
+    state: &GatewayState,
+    caller: &AuthUser,
+    query: &StreamQuery,
+    headers: &HeaderMap,
+) -> Result<Session, ApiError> {
+    let resume = resume_from(headers, query)?;
+    Session::open(
+        state.hub.clone(),
+        state.api.as_ref(),
+        caller,
+        resume.as_deref(),
+    )
+    .await
+}
+
 /// The caller's events (Server-Sent Events).
 ///
 /// One stream of every event of every chat the caller belongs to. Each
@@ -173,14 +190,7 @@ async fn events(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let resume = resume_from(&headers, &query)?;
-    let session = Session::open(
-        state.hub.clone(),
-        state.api.as_ref(),
-        &caller,
-        resume.as_deref(),
-    )
-    .await?;
+    let session = open_session(&state, &caller, &query, &headers).await?;
     metrics::counter!("gateway_streams_opened_total", "transport" => "sse").increment(1);
     let events = futures::stream::unfold(session, |mut session| async move {
         let out = session.next().await?;
