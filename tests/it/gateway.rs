@@ -725,3 +725,69 @@ async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory_and_resumes(
     }
     server.stop();
 }
+
+/// `token` re-signed with the all-in-one's own key (`jwt-secret` in its
+/// data directory) to expire `secs` from now.
+fn expiring_in(token: &str, data: &std::path::Path, secs: i64) -> String {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    let secret = std::fs::read_to_string(data.join("jwt-secret")).expect("jwt-secret");
+    let secret = secret.trim().as_bytes();
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_aud = false;
+    let mut claims =
+        jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(secret), &validation)
+            .expect("the server's token")
+            .claims;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    claims["exp"] = json!(now + secs);
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("sign")
+}
+
+/// How streams end: `expired` when the token does (over both transports),
+/// `reconnect` (and WebSocket close 1012) when the server shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_with_expired_and_with_reconnect_on_shutdown() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path());
+    let (http, base) = (reqwest::Client::new(), server.base.clone());
+    let alice = user(&http, &base, "alice").await;
+
+    let short = expiring_in(&alice.token, data.path(), 2);
+    let mut ws = Ws::open(&http, &base, &short, None).await;
+    let mut sse = Sse::open(&http, &base, &short, None).await;
+    ws.next_of("hello").await;
+    sse.next_of("hello").await;
+    assert!(ws.next_of("expired").await["reason"].is_string());
+    assert!(
+        ws.next(WAIT).await.is_none(),
+        "the socket ends after expired"
+    );
+    assert!(sse.next_of("expired").await.0["reason"].is_string());
+    assert!(matches!(sse.0.read(WAIT).await, testkit::SseRead::End));
+
+    let mut ws = Ws::open(&http, &base, &alice.token, None).await;
+    let mut sse = Sse::open(&http, &base, &alice.token, None).await;
+    ws.next_of("hello").await;
+    sse.next_of("hello").await;
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    assert!(ws.next_of("reconnect").await["reason"].is_string());
+    let code = loop {
+        match tokio::time::timeout(WAIT, ws.socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1012));
+    assert!(sse.next_of("reconnect").await.0["reason"].is_string());
+    assert!(matches!(sse.0.read(WAIT).await, testkit::SseRead::End));
+    stopping.await.expect("stopped");
+}
