@@ -14,6 +14,9 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(5);
+/// How long a read may wait while a cut-off stream drains what the kernel
+/// kept for it (the machine may be busy with other tests).
+const DRAIN: Duration = Duration::from_secs(20);
 
 pub struct User {
     pub id: String,
@@ -664,7 +667,7 @@ async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory_and_resumes(
         let mut got = Vec::new();
         let mut cursor = None;
         let code = loop {
-            let message = tokio::time::timeout(WAIT, ws.socket.next())
+            let message = tokio::time::timeout(DRAIN, ws.socket.next())
                 .await
                 .expect("the cut-off stream ends")
                 .expect("a close frame")
@@ -699,7 +702,7 @@ async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory_and_resumes(
         let mut got = Vec::new();
         let mut last_id = None;
         loop {
-            match sse.0.read(WAIT).await {
+            match sse.0.read(DRAIN).await {
                 testkit::SseRead::Event(event) => {
                     let frame: Value = serde_json::from_str(&event.data).expect("JSON");
                     if frame["type"] == "message" {
@@ -708,7 +711,18 @@ async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory_and_resumes(
                     }
                 }
                 testkit::SseRead::End => break,
-                testkit::SseRead::Timeout => panic!("a cut-off SSE stream did not end"),
+                testkit::SseRead::Timeout => {
+                    let scrape = scrape().await;
+                    let gateway: Vec<&str> = scrape
+                        .lines()
+                        .filter(|l| l.starts_with("gateway_"))
+                        .collect();
+                    panic!(
+                        "a cut-off SSE stream did not end ({} messages read)\n{}",
+                        got.len(),
+                        gateway.join("\n")
+                    );
+                }
             }
         }
         assert!(got.len() < MESSAGES, "a slow SSE stream was not cut off");
