@@ -805,3 +805,61 @@ async fn streams_end_with_expired_and_with_reconnect_on_shutdown() {
     assert!(matches!(sse.0.read(WAIT).await, testkit::SseRead::End));
     stopping.await.expect("stopped");
 }
+
+/// The ring of recent events is bounded (`--events-ring-bytes`): a cursor
+/// from before what it still holds gets a `reset` (`cursor_too_old`) with
+/// the present cursor, and the stream goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_older_than_the_ring_gets_a_reset() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_env(
+        data.path(),
+        &[
+            ("EVENTS_RING_BYTES", "65536"),
+            ("SEND_BURST", "1000"),
+            ("SEND_RATE_PER_SEC", "1000"),
+        ],
+    );
+    let (http, base) = (reqwest::Client::new(), server.base.clone());
+    let alice = user(&http, &base, "alice").await;
+    let bob = user(&http, &base, "bob").await;
+    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
+    let mut ws = Ws::open(&http, &base, &bob.token, None).await;
+    let old = ws.next_of("hello").await["cursor"]
+        .as_str()
+        .expect("cursor")
+        .to_owned();
+    drop(ws);
+    // 100 messages of 2,000 characters: three times what the ring keeps.
+    let text = "y".repeat(2000);
+    for _ in 0..100 {
+        send(&http, &base, &chat, &alice, &text).await;
+    }
+    let mut ws = Ws::open(&http, &base, &bob.token, Some(&old)).await;
+    let hello = ws.next_of("hello").await;
+    let reset = ws.next_of("reset").await;
+    assert_eq!(reset["reason"], "cursor_too_old");
+    assert_eq!(reset["cursor"], hello["cursor"]);
+    assert_ne!(reset["cursor"].as_str(), Some(old.as_str()));
+    send(&http, &base, &chat, &alice, "after the reset").await;
+    let frames = drain_ws(&mut ws, Duration::from_millis(500)).await;
+    let texts: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .filter_map(|f| f["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["after the reset"]);
+    // A cursor the ring still covers resumes exactly.
+    let recent = reset["cursor"].as_str().expect("cursor").to_owned();
+    drop(ws);
+    send(&http, &base, &chat, &alice, "one more").await;
+    let mut ws = Ws::open(&http, &base, &bob.token, Some(&recent)).await;
+    let frames = drain_ws(&mut ws, Duration::from_millis(500)).await;
+    let texts: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .filter_map(|f| f["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["after the reset", "one more"]);
+    server.stop();
+}

@@ -325,6 +325,11 @@ async fn stalled_streams_are_capped_and_cut_off_with_memory_bounded() {
         ("SEND_BURST", "1000"),
         ("STREAM_STALL_TIMEOUT_MS", "2000"),
         ("WRITE_STALL_TIMEOUT_MS", "3000"),
+        // The per-user stream keeps recent events for resumes by design
+        // (`--events-ring-bytes`, 64 MiB): this attack's 400 messages of
+        // 16 KB would stay there and blur what is measured here, the
+        // per-chat streams' buffers. (`gateway.rs` tests the ring's bound.)
+        ("EVENTS_RING_BYTES", "1048576"),
     ]);
     let [alice, bob] = users(&http, &base, ["alice", "bob"]).await;
     let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
