@@ -328,6 +328,40 @@ async fn one_stream_carries_every_event_of_every_chat_over_websocket_and_sse() {
     server.stop();
 }
 
+/// The all-in-one started with `env` (sends unthrottled), alice and bob
+/// registered, and their direct chat.
+struct Direct {
+    data: tempfile::TempDir,
+    server: Server,
+    http: reqwest::Client,
+    base: String,
+    alice: User,
+    bob: User,
+    chat: String,
+}
+
+/// Lets a test send as fast as it likes.
+const UNTHROTTLED: [(&str, &str); 2] = [("SEND_BURST", "1000"), ("SEND_RATE_PER_SEC", "1000")];
+
+async fn direct_chat(env: &[(&str, &str)]) -> Direct {
+    let data = tempfile::tempdir().expect("tempdir");
+    let env: Vec<(&str, &str)> = UNTHROTTLED.iter().chain(env).copied().collect();
+    let server = Server::start_with_env(data.path(), &env);
+    let (http, base) = (reqwest::Client::new(), server.base.clone());
+    let alice = user(&http, &base, "alice").await;
+    let bob = user(&http, &base, "bob").await;
+    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
+    Direct {
+        data,
+        server,
+        http,
+        base,
+        alice,
+        bob,
+        chat,
+    }
+}
+
 /// Texts of the `message` frames among `frames`.
 fn texts(frames: &[Value]) -> Vec<String> {
     frames
@@ -348,13 +382,15 @@ async fn drain_ws(ws: &mut Ws, limit: Duration) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_stream_gets_exactly_what_it_missed_even_across_a_kill_9() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let fast = [("SEND_BURST", "1000")];
-    let mut server = Server::start_with_env(data.path(), &fast);
-    let (http, mut base) = (reqwest::Client::new(), server.base.clone());
-    let alice = user(&http, &base, "alice").await;
-    let bob = user(&http, &base, "bob").await;
-    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
+    let Direct {
+        data,
+        mut server,
+        http,
+        mut base,
+        alice,
+        bob,
+        chat,
+    } = direct_chat(&[]).await;
 
     // Bob reads two messages, goes away; thirty more are sent.
     let mut ws = Ws::open(&http, &base, &bob.token, None).await;
@@ -417,7 +453,7 @@ async fn a_resumed_stream_gets_exactly_what_it_missed_even_across_a_kill_9() {
     assert_eq!(seen["text"], "before the kill");
     let cursor = seen["cursor"].as_str().expect("cursor").to_owned();
     server.process.kill();
-    server = Server::start_with_env(data.path(), &fast);
+    server = Server::start_with_env(data.path(), &UNTHROTTLED);
     base = server.base.clone();
     let alice = testkit::login(&http, &base, "alice").await;
     let alice = User {
@@ -587,20 +623,19 @@ async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory_and_resumes(
     const STREAMS: usize = 2;
     const MESSAGES: usize = 1500;
     const PEAK_MIB: f64 = 48.0;
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(
-        data.path(),
-        &[
-            ("EVENTS_QUEUE_BYTES", "65536"),
-            ("EVENTS_MAX_PER_USER", "32"),
-            ("SEND_BURST", "1000"),
-            ("SEND_RATE_PER_SEC", "1000"),
-        ],
-    );
-    let (http, base) = (reqwest::Client::new(), server.base.clone());
-    let alice = user(&http, &base, "alice").await;
-    let bob = user(&http, &base, "bob").await;
-    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
+    let Direct {
+        data: _data,
+        server,
+        http,
+        base,
+        alice,
+        bob,
+        chat,
+    } = direct_chat(&[
+        ("EVENTS_QUEUE_BYTES", "65536"),
+        ("EVENTS_MAX_PER_USER", "32"),
+    ])
+    .await;
     let scrape = || testkit::scrape(&http, &base);
     let cut_before = testkit::metric_value(&scrape().await, "gateway_cut_off_total");
 
@@ -811,19 +846,15 @@ async fn streams_end_with_expired_and_with_reconnect_on_shutdown() {
 /// the present cursor, and the stream goes on from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_older_than_the_ring_gets_a_reset() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(
-        data.path(),
-        &[
-            ("EVENTS_RING_BYTES", "65536"),
-            ("SEND_BURST", "1000"),
-            ("SEND_RATE_PER_SEC", "1000"),
-        ],
-    );
-    let (http, base) = (reqwest::Client::new(), server.base.clone());
-    let alice = user(&http, &base, "alice").await;
-    let bob = user(&http, &base, "bob").await;
-    let chat = testkit::start_chat(&http, &base, &alice.token, &bob.id).await;
+    let Direct {
+        data: _data,
+        server,
+        http,
+        base,
+        alice,
+        bob,
+        chat,
+    } = direct_chat(&[("EVENTS_RING_BYTES", "65536")]).await;
     let mut ws = Ws::open(&http, &base, &bob.token, None).await;
     let old = ws.next_of("hello").await["cursor"]
         .as_str()
@@ -843,23 +874,13 @@ async fn a_cursor_older_than_the_ring_gets_a_reset() {
     assert_ne!(reset["cursor"].as_str(), Some(old.as_str()));
     send(&http, &base, &chat, &alice, "after the reset").await;
     let frames = drain_ws(&mut ws, Duration::from_millis(500)).await;
-    let texts: Vec<&str> = frames
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .filter_map(|f| f["text"].as_str())
-        .collect();
-    assert_eq!(texts, ["after the reset"]);
+    assert_eq!(texts(&frames), ["after the reset"]);
     // A cursor the ring still covers resumes exactly.
     let recent = reset["cursor"].as_str().expect("cursor").to_owned();
     drop(ws);
     send(&http, &base, &chat, &alice, "one more").await;
     let mut ws = Ws::open(&http, &base, &bob.token, Some(&recent)).await;
     let frames = drain_ws(&mut ws, Duration::from_millis(500)).await;
-    let texts: Vec<&str> = frames
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .filter_map(|f| f["text"].as_str())
-        .collect();
-    assert_eq!(texts, ["after the reset", "one more"]);
+    assert_eq!(texts(&frames), ["after the reset", "one more"]);
     server.stop();
 }
